@@ -1,0 +1,1 @@
+"""hpc_imager: channel-parallel CASA tclean spectral cubes on HPC batch clusters."""

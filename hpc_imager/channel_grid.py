@@ -1,0 +1,132 @@
+"""The output channel grid of a cube, as serial tclean defines it, and its split into chunks.
+
+tclean defines output channel ``i`` as ``start + i*width`` in the units the user wrote (data channel
+indices, frequency or velocity) and fills in defaults and ``nchan=-1`` from the selected data. We
+ask CASA's own imager for the resolved grid (``defineimage``/``getcsys``/``updatenchan``: no
+gridding, no files), then give each chunk an explicit start/width/nchan in the user's units, so the
+chunk's channels are exactly the serial ones:
+
+* channel indices (int start): ``start + first*width`` stays an integer; tclean does the same sum.
+* velocity strings: ``v0 + first*dv`` in the user's velocity unit. Optical velocities make a
+  non-linear (tabular) frequency axis, so velocity arithmetic is the only exact way to split them.
+* anything else (frequency strings, defaults): the resolved linear frequency axis, ``crval +
+  first*cdelt`` in Hz.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .cube_spec import TcleanParams
+
+GridKind = Literal["channel", "velocity", "frequency"]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One task's channels: output channels ``first`` .. ``first + nchan - 1`` of the cube."""
+
+    index: int
+    first: int
+    nchan: int
+    start: int | str
+    width: int | str
+
+    @property
+    def channels(self) -> range:
+        return range(self.first, self.first + self.nchan)
+
+    @property
+    def name(self) -> str:
+        return f"chunk-{self.index:05d}"
+
+    def tclean_overrides(self) -> dict:
+        return {"start": self.start, "width": self.width, "nchan": self.nchan}
+
+
+@dataclass(frozen=True)
+class ChannelGrid:
+    """The serial cube's spectral axis in the terms needed to split it."""
+
+    nchan: int
+    kind: GridKind
+    start: float  # channel index, velocity (in ``unit``) or frequency (Hz) of output channel 0
+    width: float  # the step between output channels, in the same terms
+    unit: str  # '' for channel indices
+    frame: str
+
+    def chunks(self, channels_per_task: int) -> list[Chunk]:
+        """Split into chunks of ``channels_per_task`` (the last may be shorter)."""
+        out = []
+        for index, first in enumerate(range(0, self.nchan, channels_per_task)):
+            nchan = min(channels_per_task, self.nchan - first)
+            out.append(Chunk(index, first, nchan, self._start_of(first), self._width()))
+        return out
+
+    def _start_of(self, first: int) -> int | str:
+        if self.kind == "channel":
+            return int(self.start) + first * int(self.width)
+        return f"{self.start + first * self.width!r}{self.unit}"
+
+    def _width(self) -> int | str:
+        return int(self.width) if self.kind == "channel" else f"{self.width!r}{self.unit}"
+
+
+def _quantity(value, like: str):
+    """The casatools quantity of ``value`` if it has the dimensions of ``like``, else None."""
+    from casatools import quanta
+
+    qa = quanta()
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        q = qa.quantity(value)
+    except Exception:
+        return None
+    return q if q["unit"] and qa.compare(q, qa.quantity(like)) else None
+
+
+def resolve_grid(tclean: TcleanParams) -> ChannelGrid:
+    """Ask CASA for the serial cube's channel grid (cheap: no data are gridded)."""
+    from casatools import synthesisimager
+    from casatasks.private.imagerhelpers.input_parameters import ImagerParameters
+
+    params = tclean.model_dump()
+    params["msname"] = params.pop("vis")
+    renamed = {"timerange": "timestr", "uvrange": "uvdist", "observation": "obs", "intent": "state",
+               "gain": "loopgain", "smallscalebias": "scalebias"}
+    for old, new in renamed.items():
+        params[new] = params.pop(old)
+    accepted = ImagerParameters.__init__.__code__.co_varnames[1:ImagerParameters.__init__.__code__.co_argcount]
+    imager_params = ImagerParameters(**{k: v for k, v in params.items() if k in accepted})
+    if not imager_params.checkParameters():
+        raise ValueError("tclean parameters rejected by CASA (see the CASA log)")
+
+    imager = synthesisimager()
+    try:
+        for selection in imager_params.getSelPars().values():
+            imager.selectdata(selection)
+        imager.defineimage(imager_params.getImagePars()["0"], imager_params.getGridPars()["0"])
+        csys = imager.getcsys()
+        nchan = imager.updatenchan() if tclean.nchan == -1 else tclean.nchan
+    finally:
+        imager.done()
+    spectral = next(v for k, v in csys["coordsys"].items() if k.startswith("spectral"))
+
+    start, width = tclean.start, tclean.width
+    if isinstance(start, int) and (isinstance(width, int) or width == ""):
+        return ChannelGrid(nchan, "channel", start, width or 1, "", spectral["system"])
+    v0, dv = _quantity(start, "1km/s"), _quantity(width, "1km/s")
+    if v0 and dv:
+        from casatools import quanta
+
+        dv_in_start_unit = quanta().convert(dv, v0["unit"])["value"]
+        return ChannelGrid(nchan, "velocity", v0["value"], dv_in_start_unit, v0["unit"], spectral["system"])
+    wcs = spectral.get("wcs")
+    if not wcs:
+        raise ValueError(
+            "the cube's frequency axis is not linear (optical velocity?): give both start and width as velocities"
+        )
+    crval = wcs["crval"] - wcs["crpix"] * wcs["cdelt"]
+    return ChannelGrid(nchan, "frequency", crval, wcs["cdelt"], "Hz", spectral["system"])

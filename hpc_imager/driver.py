@@ -1,0 +1,194 @@
+"""The driver: cube.toml → chunks → a bounded stream of worker tasks → one cube.
+
+At most ``max_in_flight`` chunks are submitted at once and the window is refilled as each one
+finishes (``as_completed``), so CASA's memory per worker stays bounded however large the cube. Every
+submission, success and failure goes to the journal first, so a killed driver can be resumed
+without re-imaging what was done.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import casa_setup
+from .channel_grid import Chunk, resolve_grid
+from .concat import assemble, final_products, wants_common_beam
+from .cube_spec import CubeSpec
+from .imaging_task import image_chunk, part_path
+from .journal import Journal, RunDirectoryError
+
+ClusterFactory = Callable[[int | None], AbstractContextManager]
+
+
+class RunIncomplete(RuntimeError):
+    """Some chunks failed every try; what finished is kept for --resume."""
+
+
+def _channel_ranges(chunks: list[Chunk]) -> str:
+    return ", ".join(f"{c.first}-{c.channels[-1]}" if c.nchan > 1 else str(c.first) for c in chunks)
+
+
+def chunk_tclean_params(spec: CubeSpec) -> dict:
+    """tclean's keywords as every chunk gets them (start/width/nchan are added per chunk)."""
+    params = spec.tclean.model_dump()
+    if wants_common_beam(params):
+        params["restoringbeam"] = []  # per plane now; the common beam is chosen over all channels at concat
+    return params
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("channels  {task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TextColumn("failures: {task.fields[failures]}"),
+        console=console,
+    )
+
+
+def image_cube(
+    spec: CubeSpec,
+    cluster: ClusterFactory,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+) -> dict:
+    """Image the cube described by ``spec``; return the report (also written to report.json)."""
+    console = console or Console(stderr=True)
+    casa_setup.configure_offline()
+    run_dir = spec.run_directory.resolve()
+    imagename = spec.tclean.imagename
+    if not resume and final_products(imagename):
+        existing = ", ".join(str(p) for p in final_products(imagename))
+        raise RunDirectoryError(f"will not overwrite {existing}: remove it or choose another imagename")
+
+    grid = resolve_grid(spec.tclean)
+    chunks = grid.chunks(spec.parallel.channels_per_task)
+    identity = {
+        "fingerprint": spec.fingerprint(),
+        "imagename": imagename,
+        "nchan": grid.nchan,
+        "channels_per_task": spec.parallel.channels_per_task,
+    }
+    journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
+    from casatasks import casalog
+
+    (run_dir / "logs").mkdir(exist_ok=True)
+    casalog.setlogfile(str(run_dir / "logs" / "driver.casa.log"))
+
+    todo = [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
+    console.print(
+        f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
+        f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
+    )
+    started = time.time()
+    lost: list[Chunk] = []
+    failures: list[dict] = []
+    workers_seen = None
+    if todo:
+        with cluster(spec.parallel.workers) as client:
+            console.print(f"hpc_imager: dashboard {client.dashboard_link}")
+            workers_seen = len(client.scheduler_info()["workers"])
+            lost, failures = _run_chunks(client, spec, todo, journal, run_dir, console,
+                                         done_channels=grid.nchan - sum(c.nchan for c in todo),
+                                         total_channels=grid.nchan)
+    report = {
+        "status": "incomplete" if lost else "complete",
+        "imagename": imagename,
+        "nchan": grid.nchan,
+        "grid": {"kind": grid.kind, "start": grid.start, "width": grid.width, "unit": grid.unit, "frame": grid.frame},
+        "chunks": len(chunks),
+        "channels_per_task": spec.parallel.channels_per_task,
+        "workers": workers_seen,
+        "imaging_seconds": time.time() - started,
+        "chunk_metrics": [journal.record(c.index).done for c in chunks if journal.record(c.index).done],
+        "failures": failures,
+    }
+    if lost:
+        report["missing_channels"] = [ch for c in lost for ch in c.channels]
+        _write_report(run_dir, report)
+        raise RunIncomplete(
+            f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
+            f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
+        )
+    report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump())
+    report["wall_seconds"] = time.time() - started
+    _write_report(run_dir, report)
+    if not spec.run.keep_parts:
+        shutil.rmtree(run_dir / "parts")
+    shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+    console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}")
+    return report
+
+
+def _run_chunks(client, spec: CubeSpec, todo: list[Chunk], journal: Journal, run_dir: Path,
+                console: Console, done_channels: int, total_channels: int) -> tuple[list[Chunk], list[dict]]:
+    """Keep at most max_in_flight chunks submitted; retry failures; return the chunks given up on."""
+    from distributed import as_completed
+
+    params = chunk_tclean_params(spec)
+    max_in_flight = spec.parallel.max_in_flight or spec.parallel.workers or len(client.scheduler_info()["workers"])
+    queue = deque(todo)
+    tries: dict[int, int] = {}
+    in_flight: dict[str, tuple[Chunk, int]] = {}
+    lost: list[Chunk] = []
+    failures: list[dict] = []
+    pending = as_completed()
+
+    def submit(chunk: Chunk) -> None:
+        attempt = journal.record(chunk.index).attempts + 1
+        journal.submitted(chunk.index, attempt)
+        tries[chunk.index] = tries.get(chunk.index, 0) + 1
+        future = client.submit(image_chunk, params, chunk, str(run_dir), attempt,
+                               key=f"{chunk.name}-attempt-{attempt}", pure=False)
+        in_flight[future.key] = (chunk, attempt)
+        pending.add(future)
+
+    def refill() -> None:
+        while queue and len(in_flight) < max_in_flight:
+            submit(queue.popleft())
+
+    started = time.time()
+    with _progress(console) as progress:
+        bar = progress.add_task("imaging", total=total_channels, completed=done_channels, rate="", failures=0)
+        refill()
+        for future in pending:
+            chunk, attempt = in_flight.pop(future.key)
+            try:
+                metrics = future.result()
+            except Exception as error:  # any failure of the task or its worker: retry the chunk
+                message = f"{type(error).__name__}: {error}"
+                journal.failed(chunk.index, attempt, message)
+                failures.append({"chunk": chunk.index, "attempt": attempt, "error": message})
+                progress.console.print(f"hpc_imager: {chunk.name} (channels {_channel_ranges([chunk])}) failed"
+                                       f" on attempt {attempt}: {message}")
+                if tries[chunk.index] <= spec.parallel.retries:
+                    queue.appendleft(chunk)
+                else:
+                    lost.append(chunk)
+            else:
+                journal.done(chunk.index, metrics)
+                progress.advance(bar, chunk.nchan)
+            future.release()
+            done = progress.tasks[0].completed - done_channels
+            progress.update(bar, failures=len(failures), rate=f"{done / max(time.time() - started, 1e-9):.2f}/s")
+            refill()
+    return lost, failures
+
+
+def _write_report(run_dir: Path, report: dict) -> None:
+    path = Path(run_dir) / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)

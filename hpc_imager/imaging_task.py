@@ -1,0 +1,124 @@
+"""The worker task: image one chunk of channels with tclean, hand back its part and its metrics.
+
+Runs in a dask worker process (or a batch job). Each attempt works in a scratch directory of its
+own and only a finished part is moved, in one rename, to ``parts/<chunk>``: a part that exists is
+complete. Afterwards CASA's resources are released so the next chunk starts from a small worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import psutil
+
+from . import casa_setup
+from .channel_grid import Chunk
+
+# Products tclean makes for every cube (others, such as .mask or .image.pbcor, only when asked).
+REQUIRED_PRODUCTS = ("image", "residual", "model", "psf", "pb", "sumwt")
+
+# Test hook: "3:1,5:always" makes chunk 3 fail on its first attempt and chunk 5 on every attempt.
+FAULT_ENV = "HPC_IMAGER_FAIL_CHUNKS"
+
+
+class ChunkFailed(RuntimeError):
+    """tclean ran but did not leave the products a chunk must have."""
+
+
+def part_path(run_dir: Path, chunk: Chunk) -> Path:
+    return Path(run_dir) / "parts" / chunk.name
+
+
+def _injected_fault(chunk: Chunk, attempt: int) -> bool:
+    for rule in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        index, _, when = rule.partition(":")
+        if int(index) == chunk.index and (when == "always" or int(when) == attempt):
+            return True
+    return False
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except ValueError:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _release_casa() -> None:
+    """Drop CASA's table locks and caches and give freed heap back to the OS (dask can't see it)."""
+    from casatools import table
+
+    tb = table()
+    tb.clearlocks()
+    tb.done()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -> dict:
+    """Run tclean on ``chunk`` and move its products to the run's parts; return the metrics."""
+    casa_setup.configure_offline()
+    from casatasks import casalog, tclean
+
+    run_dir = Path(run_dir)
+    scratch = run_dir / "scratch" / f"{chunk.name}.attempt-{attempt}"
+    shutil.rmtree(scratch, ignore_errors=True)  # a previous crash of this very attempt
+    scratch.mkdir(parents=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    casalog.setlogfile(str(run_dir / "logs" / f"{chunk.name}.attempt-{attempt}.casa.log"))
+
+    _reset_peak_rss()
+    started = time.time()
+    cwd = os.getcwd()
+    os.chdir(scratch)  # CASA drops temporary tables in the working directory
+    try:
+        if _injected_fault(chunk, attempt):
+            raise ChunkFailed(f"{chunk.name}: fault injected by {FAULT_ENV} (attempt {attempt})")
+        params = dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides())
+        tclean(**params)
+    finally:
+        os.chdir(cwd)
+        _release_casa()
+    wall = time.time() - started
+    peak = _peak_rss_bytes()
+
+    missing = [p for p in REQUIRED_PRODUCTS if not (scratch / f"part.{p}").is_dir()]
+    if missing:
+        raise ChunkFailed(f"{chunk.name}: tclean left no {', '.join('.' + p for p in missing)} (see {casalog.logfile()})")
+    target = part_path(run_dir, chunk)
+    target.parent.mkdir(exist_ok=True)
+    if target.exists():  # an earlier attempt finished but the driver never heard of it
+        stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
+        os.rename(target, stale)
+        shutil.rmtree(stale)
+    os.rename(scratch, target)
+    return {
+        "chunk": chunk.index,
+        "attempt": attempt,
+        "worker": _worker_name(),
+        "host": socket.gethostname(),
+        "wall_seconds": wall,
+        "peak_rss_bytes": peak,
+        "rss_after_bytes": psutil.Process().memory_info().rss,
+    }

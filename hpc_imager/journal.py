@@ -1,0 +1,105 @@
+"""The run directory's durable record: which cube it is for and what became of each chunk.
+
+``run.json`` is written once and names the cube (its fingerprint); ``journal.jsonl`` is appended
+to, one fsync'd JSON line per event, so a driver killed at any instant leaves a journal that says
+exactly which chunks were done. A torn last line (killed mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory does not fit what was asked (exists, missing, or from another cube)."""
+
+
+@dataclass
+class ChunkRecord:
+    attempts: int = 0
+    done: dict | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Journal:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "journal.jsonl"
+        self.identity_path = self.run_dir / "run.json"
+        self.records: dict[int, ChunkRecord] = {}
+
+    @classmethod
+    def create(cls, run_dir: Path, identity: dict) -> "Journal":
+        run_dir = Path(run_dir)
+        if run_dir.exists():
+            raise RunDirectoryError(f"run directory {run_dir} exists: pass --resume to continue that run")
+        run_dir.mkdir(parents=True)
+        journal = cls(run_dir)
+        _write_durably(journal.identity_path, json.dumps(identity, indent=2))
+        return journal
+
+    @classmethod
+    def resume(cls, run_dir: Path, identity: dict) -> "Journal":
+        journal = cls(run_dir)
+        if not journal.identity_path.exists():
+            raise RunDirectoryError(f"nothing to resume: {run_dir} holds no run")
+        stored = json.loads(journal.identity_path.read_text())
+        if stored.get("fingerprint") != identity["fingerprint"]:
+            raise RunDirectoryError(
+                f"{run_dir} was made from a different cube.toml (fingerprint {stored.get('fingerprint')},"
+                f" this one {identity['fingerprint']}): use another run directory"
+            )
+        journal._replay()
+        return journal
+
+    def _replay(self) -> None:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn final line from a killed driver
+            self._apply(event)
+
+    def _apply(self, event: dict) -> None:
+        record = self.records.setdefault(event["chunk"], ChunkRecord())
+        if event["event"] == "submitted":
+            record.attempts = max(record.attempts, event["attempt"])
+        elif event["event"] == "done":
+            record.done = event["metrics"]
+        elif event["event"] == "failed":
+            record.errors.append(event["error"])
+
+    def _append(self, event: dict) -> None:
+        event = dict(event, time=time.time())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._apply(event)
+
+    def record(self, chunk: int) -> ChunkRecord:
+        return self.records.get(chunk, ChunkRecord())
+
+    def submitted(self, chunk: int, attempt: int) -> None:
+        self._append({"chunk": chunk, "event": "submitted", "attempt": attempt})
+
+    def done(self, chunk: int, metrics: dict) -> None:
+        self._append({"chunk": chunk, "event": "done", "attempt": metrics["attempt"], "metrics": metrics})
+
+    def failed(self, chunk: int, attempt: int, error: str) -> None:
+        self._append({"chunk": chunk, "event": "failed", "attempt": attempt, "error": error})
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
