@@ -40,8 +40,10 @@ def main() -> None:
 @click.argument("cube_toml", type=click.Path(path_type=Path))
 @click.option("--site", default="local", show_default=True, help="Site profile name or path.")
 @click.option("--resume", is_flag=True, help="Finish the run in the cube's run directory.")
+@click.option("--compare-serial", is_flag=True,
+              help="Afterwards run serial tclean on the whole cube and report per-plane differences.")
 @_parallel_overrides
-def submit(cube_toml: Path, site: str, resume: bool, **overrides) -> None:
+def submit(cube_toml: Path, site: str, resume: bool, compare_serial: bool, **overrides) -> None:
     """Image the cube described by CUBE_TOML."""
     from .cluster import local_cluster
     from .concat import ConcatError
@@ -59,7 +61,7 @@ def submit(cube_toml: Path, site: str, resume: bool, **overrides) -> None:
     if site != "local":
         _fail(f"unknown site '{site}'", EXIT_USAGE)
     try:
-        image_cube(spec, local_cluster, resume=resume)
+        image_cube(spec, local_cluster, resume=resume, compare_serial=compare_serial)
     except RunDirectoryError as error:
         _fail(str(error), EXIT_USAGE)
     except (RunIncomplete, ConcatError) as error:

@@ -42,8 +42,12 @@ def wants_common_beam(tclean_params: dict) -> bool:
     return beam == "common" or beam == ["common"]
 
 
-def assemble(run_dir: Path, chunks: list[Chunk], tclean_params: dict) -> dict:
-    """Concatenate every product of every chunk into ``imagename.*``; return what it cost."""
+def assemble(run_dir: Path, chunks: list[Chunk], tclean_params: dict, tabular_axis: dict | None = None) -> dict:
+    """Concatenate every product of every chunk into ``imagename.*``; return what it cost.
+
+    ``tabular_axis``: the serial cube's spectral coordinate when it is tabular; imageconcat keeps
+    only the first part's table of frequencies, so it is written back whole.
+    """
     from casatools import image
 
     parts = [part_path(run_dir, c) for c in chunks]
@@ -77,6 +81,8 @@ def assemble(run_dir: Path, chunks: list[Chunk], tclean_params: dict) -> dict:
                 relax=False,
                 mode="paged",
             )
+            if tabular_axis is not None:
+                _set_spectral_axis(out, tabular_axis)
             out.done()
         except Exception as error:
             raise ConcatError(f"cannot assemble .{product}: {error}") from None
@@ -100,6 +106,13 @@ def assemble(run_dir: Path, chunks: list[Chunk], tclean_params: dict) -> dict:
         "product_bytes": sum(_dir_bytes(Path(f"{imagename}.{p}")) for p in made),
         "products": made,
     }
+
+
+def _set_spectral_axis(im, spectral: dict) -> None:
+    record = im.coordsys().torecord()
+    key = next(k for k in record if k.startswith("spectral"))
+    record[key] = spectral
+    im.setcoordsys(record)
 
 
 def _restore_with_common_beam(staged_name: str, tclean_params: dict) -> None:

@@ -62,6 +62,7 @@ def image_cube(
     cluster: ClusterFactory,
     *,
     resume: bool = False,
+    compare_serial: bool = False,
     console: Console | None = None,
 ) -> dict:
     """Image the cube described by ``spec``; return the report (also written to report.json)."""
@@ -82,12 +83,20 @@ def image_cube(
         "channels_per_task": spec.parallel.channels_per_task,
     }
     journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
+    if resume and (run_dir / "report.json").exists():
+        previous = json.loads((run_dir / "report.json").read_text())
+        if previous.get("status") == "complete":
+            console.print(f"hpc_imager: {imagename} is already complete ({run_dir / 'report.json'})")
+            return previous
     from casatasks import casalog
 
     (run_dir / "logs").mkdir(exist_ok=True)
     casalog.setlogfile(str(run_dir / "logs" / "driver.casa.log"))
+    casalog.showconsole(False)
 
     todo = [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
+    for caveat in grid.caveats():
+        console.print(f"hpc_imager: warning: {caveat}")
     console.print(
         f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
         f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
@@ -108,6 +117,7 @@ def image_cube(
         "imagename": imagename,
         "nchan": grid.nchan,
         "grid": {"kind": grid.kind, "start": grid.start, "width": grid.width, "unit": grid.unit, "frame": grid.frame},
+        "caveats": grid.caveats(),
         "chunks": len(chunks),
         "channels_per_task": spec.parallel.channels_per_task,
         "workers": workers_seen,
@@ -122,8 +132,14 @@ def image_cube(
             f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
             f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
         )
-    report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump())
+    report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis)
     report["wall_seconds"] = time.time() - started
+    if compare_serial:
+        from .serial_check import compare_with_serial
+
+        report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
+        worst = {p: f"{v['max']:.2g}" for p, v in report["serial_comparison"].items()}
+        console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
     _write_report(run_dir, report)
     if not spec.run.keep_parts:
         shutil.rmtree(run_dir / "parts")

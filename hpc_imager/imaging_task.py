@@ -76,6 +76,24 @@ def _release_casa() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _trim_guard_channels(scratch: Path, nchan: int) -> None:
+    """Keep the first ``nchan`` planes of every product (one small chunk's copy)."""
+    from casatools import image, regionmanager
+
+    for product in sorted(scratch.glob("part.*")):
+        ia = image()
+        ia.open(str(product))
+        shape = ia.shape()
+        trc = list(shape - 1)
+        trc[-1] = nchan - 1
+        region = regionmanager().box(blc=[0] * len(shape), trc=trc)
+        trimmed = product.with_name(product.name + ".trimmed")
+        ia.subimage(outfile=str(trimmed), region=region).done()
+        ia.done()
+        shutil.rmtree(product)
+        os.rename(trimmed, product)
+
+
 def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -> dict:
     """Run tclean on ``chunk`` and move its products to the run's parts; return the metrics."""
     casa_setup.configure_offline()
@@ -87,6 +105,7 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
     scratch.mkdir(parents=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     casalog.setlogfile(str(run_dir / "logs" / f"{chunk.name}.attempt-{attempt}.casa.log"))
+    casalog.showconsole(False)  # CASA's messages belong in the chunk's log, not the driver's terminal
 
     _reset_peak_rss()
     started = time.time()
@@ -106,6 +125,8 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
     missing = [p for p in REQUIRED_PRODUCTS if not (scratch / f"part.{p}").is_dir()]
     if missing:
         raise ChunkFailed(f"{chunk.name}: tclean left no {', '.join('.' + p for p in missing)} (see {casalog.logfile()})")
+    if chunk.guard:
+        _trim_guard_channels(scratch, chunk.nchan)
     target = part_path(run_dir, chunk)
     target.parent.mkdir(exist_ok=True)
     if target.exists():  # an earlier attempt finished but the driver never heard of it

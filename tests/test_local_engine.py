@@ -1,0 +1,95 @@
+"""The local engine end to end: `python -m hpc_imager submit --site local` on NGC5921, 2 workers,
+against serial tclean on the whole cube with the same keywords."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_close, assert_same_cube, read_cube, run_cli, write_cube_toml
+
+pytestmark = pytest.mark.casa
+
+# niter=0: every plane must equal serial tclean on the whole cube.
+EQUAL_TO_SERIAL = {
+    # 63 channels in chunks of 4: the last chunk has 3.
+    "all-channels-short-last-chunk": ({"nchan": -1}, 4),
+    "channel-index-start-width": ({"start": 5, "width": 2, "nchan": 20}, 1),
+    "frequency-start": ({"start": "1.4131GHz", "width": "48.828125kHz", "nchan": 15}, 4),
+    # one-channel chunks given by frequency need a guard channel (see channel_grid's docstring)
+    "frequency-start-chunks-of-1": ({"start": "1.4131GHz", "width": "48.828125kHz", "nchan": 7}, 1),
+    "radio-velocity-start": (
+        {"start": "1550km/s", "width": "-10.3km/s", "nchan": 16, "restfreq": ["1420.405752MHz"], "veltype": "radio"},
+        5),  # 5, 5, 5 and a last chunk of 1
+    "common-beam": ({"restoringbeam": "common"}, 4),
+}
+
+
+@pytest.mark.parametrize("case", EQUAL_TO_SERIAL)
+def test_cube_equals_serial_tclean(case, tmp_path, ngc5921_ms, serial_reference):
+    tclean, channels_per_task = EQUAL_TO_SERIAL[case]
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": channels_per_task, "workers": 2})
+
+    result = run_cli("submit", "--site", "local", cube)
+
+    assert "dashboard http://127.0.0.1:" in result.stderr
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["status"] == "complete" and report["workers"] == 2
+    nchan = report["nchan"]
+    assert report["chunks"] == -(-nchan // channels_per_task)
+    assert not (tmp_path / "cube.hpcrun" / "parts").exists(), "parts are removed once the cube is assembled"
+
+
+def test_common_beam_is_one_beam_over_all_channels(tmp_path, ngc5921_ms, serial_reference):
+    """Serial's common beam is one beam for the cube, wider than any single channel's."""
+    per_plane = read_cube(serial_reference() + ".image")["beams"]
+    common = read_cube(serial_reference(restoringbeam="common") + ".image")["beams"]
+    assert "beams" in per_plane and "major" in common
+    majors = [b["*0"]["major"]["value"] for b in per_plane["beams"].values()]
+    assert len(set(majors)) > 1, "NGC5921's channels have different beams, or this test proves nothing"
+    assert common["major"]["value"] >= max(majors) * (1 - 1e-6)
+
+
+def test_concat_writes_the_pixels_once(tmp_path, ngc5921_ms):
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 24}, {"channels_per_task": 6, "workers": 2})
+    run_cli("submit", "--site", "local", cube)
+    concat = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())["concat"]
+    cube_bytes = 256 * 256 * 24 * 4  # float32 pixels of one product
+    assert concat["product_bytes"] > 5 * cube_bytes  # image, residual, model, psf, pb (+ the small sumwt)
+    assert concat["concat_bytes_written"] <= 1.25 * concat["product_bytes"]
+
+
+def test_refuses_to_overwrite_and_to_reuse_a_run_directory(tmp_path, ngc5921_ms):
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 4}, {"channels_per_task": 2, "workers": 2})
+    run_cli("submit", cube)
+    image_before = (tmp_path / "cube.image" / "table.f0").stat().st_mtime_ns
+
+    again = run_cli("submit", cube, check=False)
+    assert again.returncode == 2
+    assert "will not overwrite" in again.stderr and "Traceback" not in again.stderr
+    resumed = run_cli("submit", cube, "--resume")
+    assert "already complete" in resumed.stderr
+    assert (tmp_path / "cube.image" / "table.f0").stat().st_mtime_ns == image_before
+
+    other = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 6}, {"channels_per_task": 2, "workers": 2})
+    mismatch = run_cli("submit", other, "--resume", check=False)
+    assert mismatch.returncode == 2 and "different cube.toml" in mismatch.stderr
+
+
+def test_optical_velocity_difference_is_reported_not_hidden(tmp_path, ngc5921_ms, serial_reference):
+    """Optical velocities make a tabular axis on which CASA's results depend on the whole axis: the run
+    says so, the spectral axis is still serial's, and the difference is measured in report.json."""
+    tclean = {"start": "1550km/s", "width": "-10.3km/s", "nchan": 12, "restfreq": ["1420.405752MHz"],
+              "veltype": "optical", "outframe": "BARY"}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 6, "workers": 2})
+    result = run_cli("submit", cube, "--compare-serial")
+    assert "warning: optical-velocity channels" in result.stderr
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["caveats"]
+    assert 0 < report["serial_comparison"]["residual"]["max"] < 2e-2
+    serial = serial_reference(**tclean)
+    for product in ("image", "pb"):
+        assert_close(read_cube(f"{tmp_path / 'cube'}.{product}")["spectral"], read_cube(f"{serial}.{product}")["spectral"],
+                     1e-12, f"{product} spectral axis")
