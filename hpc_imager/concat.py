@@ -85,7 +85,7 @@ def assemble(run_dir: Path, chunks: list[Chunk], tclean_params: dict, tabular_ax
                 _set_spectral_axis(out, tabular_axis)
             out.done()
         except Exception as error:
-            raise ConcatError(f"cannot assemble .{product}: {error}") from None
+            raise ConcatError(f"cannot assemble .{product}: {str(error).splitlines()[0]}") from None
         finally:
             ia.done()
     if common_beam:

@@ -25,6 +25,7 @@ from .concat import assemble, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .imaging_task import image_chunk, part_path
 from .journal import Journal, RunDirectoryError
+from .worker_plugin import PrepareWorker
 
 ClusterFactory = Callable[[int | None], AbstractContextManager]
 
@@ -66,7 +67,7 @@ def image_cube(
     console: Console | None = None,
 ) -> dict:
     """Image the cube described by ``spec``; return the report (also written to report.json)."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     casa_setup.configure_offline()
     run_dir = spec.run_directory.resolve()
     imagename = spec.tclean.imagename
@@ -107,6 +108,7 @@ def image_cube(
     workers_seen = None
     if todo:
         with cluster(spec.parallel.workers) as client:
+            client.register_plugin(PrepareWorker(str(run_dir)))
             console.print(f"hpc_imager: dashboard {client.dashboard_link}")
             workers_seen = len(client.scheduler_info()["workers"])
             lost, failures = _run_chunks(client, spec, todo, journal, run_dir, console,

@@ -1,0 +1,40 @@
+"""What every dask worker does once before its first chunk, wherever it runs (local or batch job).
+
+It prepares offline CASA and sends the worker's own logging and everything written to its stderr
+(CASA's C++ messages, distributed's task-failure reports) to ``logs/worker-<name>.log`` in the run
+directory, so the driver's terminal shows progress and one line per failure, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from . import casa_setup
+
+
+class PrepareWorker(WorkerPlugin):
+    name = "hpc_imager-prepare-worker"
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+
+    def setup(self, worker) -> None:
+        casa_setup.configure_offline()
+        logs = Path(self.run_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        name = str(worker.name).replace("/", "_")
+        log = open(logs / f"worker-{name}.log", "a", buffering=1)
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 2)
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for logger_name in ("distributed", "dask"):
+            logger = logging.getLogger(logger_name)
+            for old in list(logger.handlers):
+                logger.removeHandler(old)
+            logger.addHandler(handler)
