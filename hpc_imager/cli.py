@@ -71,6 +71,14 @@ def submit(cube_toml: Path, site: str, resume: bool, compare_serial: bool, **ove
 
 
 @main.command()
+def reference() -> None:
+    """Print the cube.toml reference (docs/cube-reference.md), generated from the schema."""
+    from .reference_docs import cube_reference
+
+    click.echo(cube_reference(), nl=False)
+
+
+@main.command()
 @click.argument("directory", type=click.Path(path_type=Path), default=Path("demo"))
 @click.option("--run/--no-run", default=True, show_default=True, help="Image the demo cube after setting it up.")
 def demo(directory: Path, run: bool) -> None:

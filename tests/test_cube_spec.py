@@ -88,3 +88,10 @@ def test_loading_a_real_file(tmp_path):
     (tmp_path / "bad.toml").write_text("[tclean\n")
     with pytest.raises(CubeSpecError, match="not valid TOML"):
         load_cube_spec(tmp_path / "bad.toml")
+
+
+def test_reference_docs_are_generated_from_the_schema():
+    committed = (Path(__file__).parents[1] / "docs" / "cube-reference.md").read_text()
+    generated = run_cli("reference").stdout
+    assert committed == generated, "regenerate: python -m hpc_imager reference > docs/cube-reference.md"
+    assert "| `channels_per_task` | int | `1` |" in generated and "| `niter` | `0` |" in generated
