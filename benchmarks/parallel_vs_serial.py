@@ -18,11 +18,11 @@ from hpc_imager import casa_setup
 
 casa_setup.configure_offline()
 
-from hpc_imager.cluster import local_cluster  # noqa: E402
 from hpc_imager.cube_spec import parse_cube_spec  # noqa: E402
 from hpc_imager.demo import make_ngc5921_ms  # noqa: E402
 from hpc_imager.driver import image_cube  # noqa: E402
 from hpc_imager.serial_check import plane_differences  # noqa: E402
+from hpc_imager.site_profile import load_site  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
     spec = parse_cube_spec({"tclean": dict(tclean_params, imagename=str(work / "parallel")),
                             "parallel": {"channels_per_task": args.channels_per_task, "workers": args.workers}}, work)
     started = time.time()
-    report = image_cube(spec, local_cluster)
+    report = image_cube(spec, load_site("local"))
     parallel = time.time() - started
 
     worst = max(max(plane_differences(str(work / f"parallel.{p}"), str(work / f"serial.{p}"))) for p in ("image", "psf"))

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 CONFIG_ENV = "CASASITECONFIG"
+DATA_ENV = "HPC_IMAGER_CASA_DATA"  # a site's own CASA data on its nodes, instead of casadata's
 
 
 def casadata_path() -> Path:
@@ -25,9 +26,10 @@ def casadata_path() -> Path:
 
 
 def _config_text(logfile: Path) -> str:
+    measures = os.environ.get(DATA_ENV) or str(casadata_path())
     return (
-        "# Written by hpc_imager: offline CASA, measures from the casadata package.\n"
-        f"measurespath = {str(casadata_path())!r}\n"
+        "# Written by hpc_imager: offline CASA, measures from the casadata package or the site's data.\n"
+        f"measurespath = {measures!r}\n"
         "measures_auto_update = False\n"
         "data_auto_update = False\n"
         f"logfile = {str(logfile)!r}\n"

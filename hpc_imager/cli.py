@@ -1,17 +1,19 @@
-"""Command line: ``python -m hpc_imager submit --site local cube.toml``.
+"""Command line: ``python -m hpc_imager submit --site local cube.toml`` and friends.
 
-Errors a user can fix are one line on stderr and an exit status (2: the input is wrong; 1: the run
-did not finish), never a traceback.
+Errors a user can fix are one line on stderr and an exit status (2: the input or the request is
+wrong; 1: the run did not finish), never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
 from pathlib import Path
 
 import click
 
-from .cube_spec import CubeSpecError, ParallelParams, load_cube_spec
+from .cube_spec import CubeSpec, CubeSpecError, ParallelParams, load_cube_spec
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -22,12 +24,52 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+def _user_errors(function):
+    """Turn the errors a user can fix into one line and an exit status."""
+    from .concat import ConcatError
+    from .driver import RunIncomplete
+    from .journal import RunDirectoryError
+    from .plan import PlanRefused
+    from .site_profile import SiteError
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (CubeSpecError, SiteError, PlanRefused, RunDirectoryError) as error:
+            _fail(str(error).splitlines()[0], EXIT_USAGE)
+        except (RunIncomplete, ConcatError) as error:
+            _fail(str(error), EXIT_FAILED)
+        except KeyboardInterrupt:
+            _fail("interrupted; run again with --resume to finish", 130)
+
+    return wrapper
+
+
 def _parallel_overrides(function):
     """One --option per [parallel] field, taken from the schema so the two never drift."""
     for name, field in reversed(ParallelParams.model_fields.items()):
         function = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None,
                                 help=f"{field.description} Overrides [parallel] {name}.")(function)
     return function
+
+
+def _load(cube_toml: Path, overrides: dict) -> CubeSpec:
+    spec = load_cube_spec(cube_toml)
+    changed = {k: v for k, v in overrides.items() if v is not None}
+    if not changed:
+        return spec
+    try:
+        parallel = ParallelParams.model_validate(spec.parallel.model_dump() | changed)
+    except ValueError as error:
+        raise CubeSpecError(f"command-line [parallel] override: {str(error).splitlines()[2].strip()}") from None
+    return spec.model_copy(update={"parallel": parallel})
+
+
+site_option = click.option("--site", default="local", show_default=True,
+                           help="Site profile: a name (see `sites list`) or a path to a site TOML.")
+cube_argument = click.argument("cube_toml", type=click.Path(path_type=Path))
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group()
@@ -37,60 +79,137 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("cube_toml", type=click.Path(path_type=Path))
-@click.option("--site", default="local", show_default=True, help="Site profile name or path.")
+@cube_argument
+@site_option
 @click.option("--resume", is_flag=True, help="Finish the run in the cube's run directory.")
 @click.option("--compare-serial", is_flag=True,
               help="Afterwards run serial tclean on the whole cube and report per-plane differences.")
 @_parallel_overrides
+@_user_errors
 def submit(cube_toml: Path, site: str, resume: bool, compare_serial: bool, **overrides) -> None:
     """Image the cube described by CUBE_TOML."""
-    from .cluster import local_cluster
-    from .concat import ConcatError
-    from .driver import RunIncomplete, image_cube
-    from .journal import RunDirectoryError
+    from .driver import image_cube
+    from .site_profile import load_site
 
-    try:
-        spec = load_cube_spec(cube_toml)
-        changed = {k: v for k, v in overrides.items() if v is not None}
-        if changed:
-            spec = spec.model_copy(update={"parallel": ParallelParams.model_validate(
-                spec.parallel.model_dump() | changed)})
-    except (CubeSpecError, ValueError) as error:
-        _fail(str(error).splitlines()[0], EXIT_USAGE)
-    if site != "local":
-        _fail(f"unknown site '{site}'", EXIT_USAGE)
-    try:
-        image_cube(spec, local_cluster, resume=resume, compare_serial=compare_serial)
-    except RunDirectoryError as error:
-        _fail(str(error), EXIT_USAGE)
-    except (RunIncomplete, ConcatError) as error:
-        _fail(str(error), EXIT_FAILED)
-    except KeyboardInterrupt:
-        _fail("interrupted; run again with --resume to finish", 130)
+    spec = _load(cube_toml, overrides)
+    image_cube(spec, load_site(site), resume=resume, compare_serial=compare_serial)
 
 
 @main.command()
-def reference() -> None:
-    """Print the cube.toml reference (docs/cube-reference.md), generated from the schema."""
-    from .reference_docs import cube_reference
+@cube_argument
+@site_option
+@json_option
+@_parallel_overrides
+@_user_errors
+def estimate(cube_toml: Path, site: str, as_json: bool, **overrides) -> None:
+    """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
+    from . import casa_setup
+    from .estimate import estimate_task, mosaic_fields
+    from .site_profile import load_site
 
-    click.echo(cube_reference(), nl=False)
+    spec = _load(cube_toml, overrides)
+    profile = load_site(site)
+    casa_setup.configure_offline()
+    result = estimate_task(spec, profile, mosaic_fields(spec))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        seconds = f", about {result.task_seconds:.0f} s" if result.task_seconds is not None else ""
+        click.echo(f"one task of {result.channels_per_task} channels × {result.pixels} pixels: "
+                   f"{result.task_peak_gib:.2f} GiB peak{seconds} ({result.model} model for {profile.name})")
+
+
+@main.command()
+@cube_argument
+@site_option
+@json_option
+@_parallel_overrides
+@_user_errors
+def plan(cube_toml: Path, site: str, as_json: bool, **overrides) -> None:
+    """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
+    from . import casa_setup
+    from .channel_grid import resolve_grid
+    from .cluster import render_job_script
+    from .estimate import estimate_task, mosaic_fields
+    from .plan import make_plan
+    from .site_profile import load_site
+
+    spec = _load(cube_toml, overrides)
+    profile = load_site(site)
+    casa_setup.configure_offline()
+    chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
+    the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
+    script = render_job_script(the_plan, profile, spec.run_directory)
+    if as_json:
+        click.echo(json.dumps(the_plan.as_dict() | {"job_script": script}, indent=2))
+    else:
+        click.echo(the_plan.summary())
+        if script:
+            click.echo(script)
+
+
+@main.group()
+def sites() -> None:
+    """Site profiles: list, show and validate them."""
+
+
+@sites.command("list")
+@_user_errors
+def sites_list() -> None:
+    """Every site --site can name, and where its profile comes from."""
+    from .site_profile import available_sites, load_site
+
+    for name, path in available_sites().items():
+        click.echo(f"{name:<20} {load_site(name).description}  [{path}]")
+
+
+@sites.command("show")
+@click.argument("name")
+@_user_errors
+def sites_show(name: str) -> None:
+    """Print a site's profile with every default filled in."""
+    from .site_profile import load_site
+
+    click.echo(json.dumps(load_site(name).model_dump(), indent=2))
+
+
+@sites.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+@_user_errors
+def sites_validate(file: Path) -> None:
+    """Check a site TOML; errors name the field and what is wrong with it."""
+    from .site_profile import load_site
+
+    profile = load_site(str(file) if str(file).endswith(".toml") else f"{file}.toml")
+    click.echo(f"{file}: valid {profile.scheduler} site '{profile.name}'")
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["cube", "site"]), default="cube")
+def reference(which: str) -> None:
+    """Print the cube.toml or site profile reference (docs/), generated from the schema."""
+    from .reference_docs import cube_reference, site_reference
+
+    click.echo(cube_reference() if which == "cube" else site_reference(), nl=False)
 
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path), default=Path("demo"))
 @click.option("--run/--no-run", default=True, show_default=True, help="Image the demo cube after setting it up.")
+@_user_errors
 def demo(directory: Path, run: bool) -> None:
     """Set up the NGC5921 demo (MS and cube.toml) in DIRECTORY and image it on --site local."""
+    from .concat import final_products
     from .demo import prepare_demo
+    from .driver import image_cube
+    from .site_profile import load_site
 
     cube_toml = prepare_demo(directory)
     click.echo(f"hpc_imager: demo cube {cube_toml}", err=True)
-    if run:
-        submit.main([str(cube_toml), "--site", "local"] + (["--resume"] if _demo_started(cube_toml) else []),
-                    standalone_mode=True)
-
-
-def _demo_started(cube_toml: Path) -> bool:
-    return load_cube_spec(cube_toml).run_directory.exists()
+    spec = load_cube_spec(cube_toml)
+    if not run:
+        return
+    started = (spec.run_directory / "run.json").exists()
+    if final_products(spec.tclean.imagename) and not started:
+        _fail(f"{spec.tclean.imagename}.* exist but were not made by this demo: move them away", EXIT_USAGE)
+    image_cube(spec, load_site("local"), resume=started)

@@ -12,9 +12,7 @@ import json
 import shutil
 import time
 from collections import deque
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,10 +22,12 @@ from .channel_grid import Chunk, resolve_grid
 from .concat import assemble, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .imaging_task import image_chunk, part_path
+from .cluster import start_cluster
+from .estimate import estimate_task, mosaic_fields
 from .journal import Journal, RunDirectoryError
+from .plan import Plan, make_plan
+from .site_profile import SiteProfile
 from .worker_plugin import PrepareWorker
-
-ClusterFactory = Callable[[int | None], AbstractContextManager]
 
 
 class RunIncomplete(RuntimeError):
@@ -60,13 +60,13 @@ def _progress(console: Console) -> Progress:
 
 def image_cube(
     spec: CubeSpec,
-    cluster: ClusterFactory,
+    site: SiteProfile,
     *,
     resume: bool = False,
     compare_serial: bool = False,
     console: Console | None = None,
 ) -> dict:
-    """Image the cube described by ``spec``; return the report (also written to report.json)."""
+    """Image the cube described by ``spec`` on ``site``; return the report (also written to report.json)."""
     console = console or Console(stderr=True, soft_wrap=True)
     casa_setup.configure_offline()
     run_dir = spec.run_directory.resolve()
@@ -77,6 +77,7 @@ def image_cube(
 
     grid = resolve_grid(spec.tclean)
     chunks = grid.chunks(spec.parallel.channels_per_task)
+    plan = make_plan(spec, site, estimate_task(spec, site, mosaic_fields(spec)), len(chunks))
     identity = {
         "fingerprint": spec.fingerprint(),
         "imagename": imagename,
@@ -106,12 +107,13 @@ def image_cube(
     lost: list[Chunk] = []
     failures: list[dict] = []
     workers_seen = None
+    console.print(f"hpc_imager: {plan.summary()}")
     if todo:
-        with cluster(spec.parallel.workers) as client:
+        with start_cluster(plan, site, run_dir) as client:
             client.register_plugin(PrepareWorker(str(run_dir)))
             console.print(f"hpc_imager: dashboard {client.dashboard_link}")
             workers_seen = len(client.scheduler_info()["workers"])
-            lost, failures = _run_chunks(client, spec, todo, journal, run_dir, console,
+            lost, failures = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
                                          done_channels=grid.nchan - sum(c.nchan for c in todo),
                                          total_channels=grid.nchan)
     report = {
@@ -123,6 +125,7 @@ def image_cube(
         "chunks": len(chunks),
         "channels_per_task": spec.parallel.channels_per_task,
         "workers": workers_seen,
+        "plan": plan.as_dict(),
         "imaging_seconds": time.time() - started,
         "chunk_metrics": [journal.record(c.index).done for c in chunks if journal.record(c.index).done],
         "failures": failures,
@@ -150,13 +153,13 @@ def image_cube(
     return report
 
 
-def _run_chunks(client, spec: CubeSpec, todo: list[Chunk], journal: Journal, run_dir: Path,
+def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: Journal, run_dir: Path,
                 console: Console, done_channels: int, total_channels: int) -> tuple[list[Chunk], list[dict]]:
     """Keep at most max_in_flight chunks submitted; retry failures; return the chunks given up on."""
     from distributed import as_completed
 
     params = chunk_tclean_params(spec)
-    max_in_flight = spec.parallel.max_in_flight or spec.parallel.workers or len(client.scheduler_info()["workers"])
+    max_in_flight = spec.parallel.max_in_flight or plan.workers
     queue = deque(todo)
     tries: dict[int, int] = {}
     in_flight: dict[str, tuple[Chunk, int]] = {}

@@ -34,11 +34,10 @@ class Journal:
 
     @classmethod
     def create(cls, run_dir: Path, identity: dict) -> "Journal":
-        run_dir = Path(run_dir)
-        if run_dir.exists():
-            raise RunDirectoryError(f"run directory {run_dir} exists: pass --resume to continue that run")
-        run_dir.mkdir(parents=True)
         journal = cls(run_dir)
+        if journal.identity_path.exists():
+            raise RunDirectoryError(f"run directory {run_dir} holds a run: pass --resume to continue it")
+        journal.run_dir.mkdir(parents=True, exist_ok=True)  # `plan` may have made its logs/jobs folder
         _write_durably(journal.identity_path, json.dumps(identity, indent=2))
         return journal
 

@@ -1,0 +1,178 @@
+"""The memory plan and the job scripts dask-jobqueue renders from it, for each scheduler × policy."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_cube_toml
+from hpc_imager.cluster import render_job_script
+from hpc_imager.cube_spec import parse_cube_spec
+from hpc_imager.estimate import TaskEstimate, estimate_task
+from hpc_imager.plan import LIMIT_STEP, PlanRefused, make_plan
+from hpc_imager.site_profile import SiteProfile, parse_site
+
+GOLDEN = Path(__file__).with_name("golden")
+GIB = 2**30
+
+
+def site(scheduler: str, policy: str, **fields) -> SiteProfile:
+    return SiteProfile(name=f"test-{scheduler}", scheduler=scheduler, queue="work", account="astro",
+                       node_cores=16, node_memory="64GiB", memory_policy=policy, python="/opt/venv/bin/python",
+                       prologue=["module load casa-deps"], job_directives=["--comment=golden"] if scheduler == "slurm" else [],
+                       walltime_default="06:00:00", walltime_max="48:00:00", **fields)
+
+
+def spec(workers=None, channels_per_task=4, **tclean):
+    return parse_cube_spec({"tclean": {"vis": "x.ms", "imagename": "cube", "imsize": [2048, 2048], **tclean},
+                            "parallel": {"channels_per_task": channels_per_task, "workers": workers},
+                            "run": {"directory": "/shared/run"}}, Path("/shared"))
+
+
+def task(gib: float, seconds: float | None = None) -> TaskEstimate:
+    return TaskEstimate(gib, seconds, 2048 * 2048, 4, "default", 0.36, 44.0, 1.0)
+
+
+def test_shared_memory_arithmetic():
+    plan = make_plan(spec(workers=40), site("slurm", "shared"), task(3.0), chunks=100)
+    need = 3 * GIB + GIB // 4  # task + worker base
+    assert plan.worker_need_bytes == need
+    assert plan.worker_memory_limit_bytes == 4.25 * GIB  # need × 1.25 = 4.06 GiB, up to a multiple of 256 MiB
+    assert plan.worker_memory_limit_bytes % LIMIT_STEP == 0
+    assert plan.processes_per_job == 14  # 16 cores, but only 14 limits of 4.25 GiB fit in 64 GiB - 0.5 GiB
+    assert plan.jobs == 3 and plan.workers == 42
+    assert plan.job_memory_bytes == 14 * 4.25 * GIB + GIB // 2
+    assert plan.threads_per_worker == 1 and plan.cores_per_job == 14
+
+
+def test_dedicated_turns_dask_memory_management_off_and_asks_for_the_node():
+    plan = make_plan(spec(workers=8), site("pbs", "dedicated"), task(3.0), chunks=100)
+    assert plan.worker_memory_limit_bytes == 0
+    assert plan.job_memory_bytes == 64 * GIB
+    assert (plan.processes_per_job, plan.jobs) == (8, 1)
+
+
+def test_walltime_from_calibration_never_above_the_maximum():
+    assert make_plan(spec(workers=10), site("slurm", "shared"), task(1.0), 100).walltime == "06:00:00"
+    plan = make_plan(spec(workers=10), site("slurm", "shared"), task(1.0, seconds=600), 100)
+    assert plan.walltime == "02:35:00"  # 10 tasks per worker × 600 s × 1.5 + 300 s start-up
+    assert make_plan(spec(workers=1), site("slurm", "shared"), task(1.0, seconds=3000), 100).walltime == "48:00:00"
+
+
+@pytest.mark.parametrize("estimate, message", [
+    (task(70.0), "one task needs 88.00 GiB per worker (70.00 GiB for 4 channels of 4194304 pixels, plus worker base and headroom) but a test-slurm node offers 63.50 GiB: use fewer channels_per_task, a smaller image, or another site"),
+    (task(1.0, seconds=200_000), "one task is estimated at 55.6 h"),
+])
+def test_a_plan_that_cannot_fit_is_refused_with_numbers_and_what_to_change(estimate, message):
+    with pytest.raises(PlanRefused) as refused:
+        make_plan(spec(), site("slurm", "shared"), estimate, chunks=10)
+    assert message in str(refused.value)
+
+
+def test_run_directory_must_be_on_the_shared_file_system():
+    with pytest.raises(PlanRefused, match="not under test-slurm's shared file system /lustre"):
+        make_plan(spec(), site("slurm", "shared", shared_directory="/lustre"), task(1.0), 10)
+
+
+def test_default_model_and_calibration():
+    default = estimate_task(spec(channels_per_task=4), site("slurm", "shared"))
+    assert default.model == "default"
+    assert default.task_peak_gib == pytest.approx(0.36 + 44 * 2048 * 2048 * 4 / GIB)
+    mosaic = estimate_task(spec(gridder="mosaic"), site("slurm", "shared"), fields=9)
+    assert mosaic.task_peak_gib > default.task_peak_gib
+    calibrated = site("slurm", "shared", calibration=[
+        {"gridder": "standard", "deconvolver": "hogbom", "base_gib": 0.5, "bytes_per_pixel_channel": 50,
+         "seconds_base": 2, "seconds_per_megapixel_channel": 0.25}])
+    fitted = estimate_task(spec(), calibrated)
+    assert fitted.model == "calibration"
+    assert fitted.task_peak_gib == pytest.approx(0.5 + 50 * 2048 * 2048 * 4 / GIB)
+    assert fitted.task_seconds == pytest.approx(2 + 0.25 * 2048 * 2048 * 4 / 1e6)
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "sge"])
+@pytest.mark.parametrize("policy", ["dedicated", "shared"])
+def test_rendered_job_script_matches_golden(scheduler, policy):
+    profile = site(scheduler, policy)
+    plan = make_plan(spec(workers=12), profile, task(3.0), chunks=100)
+    script = render_job_script(plan, profile, Path("/shared/run"))
+    golden = GOLDEN / f"{scheduler}-{policy}.sh"
+    if os.environ.get("HPC_IMAGER_WRITE_GOLDEN"):
+        golden.write_text(script)
+    assert script == golden.read_text()
+
+
+def test_golden_scripts_carry_the_plan():
+    """What the goldens must say, so a wrong golden cannot pass unnoticed."""
+    slurm = (GOLDEN / "slurm-shared.sh").read_text()
+    assert "#SBATCH --mem=52736M" in slurm  # 12 workers × 4.25 GiB + 0.5 GiB
+    assert "--memory-limit 4.25GiB --nworkers 12" in slurm and "#SBATCH -t 06:00:00" in slurm
+    assert "#SBATCH --comment=golden" in slurm and "module load casa-deps" in slurm
+    assert "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in slurm
+    assert "#SBATCH --exclusive" in (GOLDEN / "slurm-dedicated.sh").read_text()
+    assert "--memory-limit 0.0B" in (GOLDEN / "slurm-dedicated.sh").read_text()  # distributed: no limit
+    assert "#PBS -l select=1:ncpus=12:mem=52736mb" in (GOLDEN / "pbs-shared.sh").read_text()
+    assert "#PBS -l place=excl" in (GOLDEN / "pbs-dedicated.sh").read_text()
+    sge = (GOLDEN / "sge-shared.sh").read_text()
+    # h_vmem per slot: (4.25 GiB limit + 2 GiB address-space overhead) / 12 slots; mem_free: job / 12
+    assert "#$ -l h_vmem=534M,mem_free=4395M" in sge and "#$ -pe smp 12" in sge and "#$ -P astro" in sge
+
+
+def test_shipped_site_profiles_are_valid():
+    shipped = Path(__file__).parents[1] / "site_profiles"
+    names = sorted(p.stem for p in shipped.glob("*.toml"))
+    assert names == ["example-pbs", "example-sge", "local", "nrao-slurm"]
+    for path in shipped.glob("*.toml"):
+        parse_site(path.read_text(), path.stem, str(path))
+
+
+def test_sites_cli_list_show_validate(tmp_path):
+    listing = run_cli("sites", "list").stdout
+    assert "nrao-slurm" in listing and "local" in listing
+
+    mine = tmp_path / "sites"
+    mine.mkdir()
+    (mine / "nrao-slurm.toml").write_text('description = "installed by the sysadmin"\nscheduler = "slurm"\n'
+                                          'node_cores = 8\nnode_memory = "32GiB"\nmemory_policy = "dedicated"\n')
+    shown = json.loads(run_cli("sites", "show", "nrao-slurm", env={"HPC_IMAGER_SITE_DIRS": str(mine)}).stdout)
+    assert shown["description"] == "installed by the sysadmin" and shown["node_cores"] == 8
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('scheduler = "slurm"\nnode_cores = 8\nnode_memory = "8GiB"\nmemory_policy = "shared"\nqueeu = "x"\n')
+    result = run_cli("sites", "validate", bad, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"hpc_imager: error: {bad}: unknown field 'queeu' (did you mean 'queue'?)"
+    bad.write_text('scheduler = "slurm"\nnode_cores = 8\nnode_memory = "lots"\nmemory_policy = "shared"\n')
+    result = run_cli("sites", "validate", bad, check=False)
+    assert "node_memory: not an amount of memory like '16GiB': 'lots'" in result.stderr
+    assert run_cli("sites", "validate", Path(__file__).parents[1] / "site_profiles" / "nrao-slurm.toml").returncode == 0
+    (tmp_path / "cube.toml").write_text('[tclean]\nvis = "x.ms"\nimagename = "c"\n')
+    unknown = run_cli("submit", "--site", "nrao-slrum", tmp_path / "cube.toml", check=False)
+    assert unknown.returncode == 2 and "did you mean 'nrao-slurm'" in unknown.stderr
+
+
+@pytest.mark.casa
+def test_plan_and_estimate_cli_on_ngc5921(tmp_path, ngc5921_ms):
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": -1}, {"channels_per_task": 4})
+    site_file = tmp_path / "shared.toml"
+    site_file.write_text('scheduler = "slurm"\nnode_cores = 4\nnode_memory = "8GiB"\nmemory_policy = "shared"\n'
+                         'python = "/opt/venv/bin/python"\n')
+    planned = json.loads(run_cli("plan", "--site", site_file, cube, "--json").stdout)
+    assert set(planned) >= {"task_peak_gib", "worker_memory_limit_bytes", "job_memory_bytes", "processes_per_job",
+                            "threads_per_worker", "jobs", "workers", "walltime", "job_script"}
+    assert planned["workers"] == 4 * planned["jobs"] or planned["workers"] == 16
+    assert f"--mem={planned['job_memory_bytes'] // 2**20}M" in planned["job_script"]
+    estimated = json.loads(run_cli("estimate", cube, "--json").stdout)
+    assert estimated["task_peak_gib"] == pytest.approx(planned["task_peak_gib"])
+    refused = run_cli("plan", "--site", site_file, cube, "--channels-per-task", "63", "--json", check=False)
+    assert refused.returncode == 0, "63 channels of 256² still fit in 8 GiB"
+    site_file.write_text(site_file.read_text().replace("8GiB", "1GiB"))
+    refused = run_cli("plan", "--site", site_file, cube, check=False)
+    assert refused.returncode == 2 and "node offers" in refused.stderr and "fewer channels_per_task" in refused.stderr
+
+
+def test_site_reference_docs_are_generated_from_the_schema():
+    committed = (Path(__file__).parents[1] / "docs" / "site-reference.md").read_text()
+    assert committed == run_cli("reference", "site").stdout, "regenerate: python -m hpc_imager reference site > docs/site-reference.md"
