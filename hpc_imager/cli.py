@@ -148,6 +148,62 @@ def plan(cube_toml: Path, site: str, as_json: bool, **overrides) -> None:
             click.echo(script)
 
 
+@main.command()
+@cube_argument
+@site_option
+@click.option("--sizes", default=None, metavar="256x4,512x4,...",
+              help="Sample tasks as image side x channels (default: three around the cube's size).")
+@click.option("--write/--no-write", default=True, show_default=True,
+              help="Store the fit in the site's TOML as a [[calibration]] table.")
+@json_option
+@_user_errors
+def calibrate(cube_toml: Path, site: str, sizes: str | None, write: bool, as_json: bool) -> None:
+    """Measure real tclean tasks on the site's workers and fit its memory and time model."""
+    import shutil
+
+    from . import casa_setup
+    from .calibrate import default_sizes, fit, measure, prediction_errors, store
+    from .site_profile import BUILTIN_SITES, SiteError, load_site, site_path
+
+    spec = load_cube_spec(cube_toml)
+    profile = load_site(site)
+    site_file = Path(site) if site.endswith(".toml") else site_path(site)
+    if write and (site_file is None or site_file.resolve().parent == BUILTIN_SITES.resolve()):
+        raise SiteError(f"'{site}' is a built-in site: copy its TOML into a directory of HPC_IMAGER_SITE_DIRS "
+                        "(or pass --site path/to/site.toml) to store a calibration, or use --no-write")
+    try:
+        samples_wanted = ([tuple(int(v) for v in item.split("x")) for item in sizes.split(",")] if sizes
+                          else default_sizes(spec))
+    except ValueError:
+        raise CubeSpecError(f"--sizes: expected side x channels like 256x4,512x4, got {sizes!r}") from None
+    casa_setup.configure_offline()
+    work_dir = spec.run_directory.with_name(spec.run_directory.name + ".calibration")
+    try:
+        samples = measure(spec, profile, samples_wanted, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    fitted = fit(samples, spec.tclean.gridder, spec.tclean.deconvolver)
+    before = prediction_errors(spec, profile, samples)
+    after_site = profile.model_copy(update={"calibration": [
+        c for c in profile.calibration if (c.gridder, c.deconvolver) != (fitted.gridder, fitted.deconvolver)] + [fitted]})
+    after = prediction_errors(spec, after_site, samples)
+    if write:
+        store(fitted, site_file)
+    if as_json:
+        click.echo(json.dumps({"samples": [vars(s) for s in samples], "error_before": before, "error_after": after,
+                               "calibration": fitted.model_dump(), "stored_in": str(site_file) if write else None},
+                              indent=2))
+        return
+    click.echo(f"{'task':>12} {'peak GiB':>9} {'seconds':>8} {'error before':>13} {'error after':>12}")
+    for sample, b, a in zip(samples, before, after):
+        click.echo(f"{sample.imsize:>7}²×{sample.channels:<4} {sample.peak_gib:9.3f} {sample.seconds:8.1f} "
+                   f"{b:+13.1%} {a:+12.1%}")
+    click.echo(f"fit: {fitted.base_gib:.3f} GiB + {fitted.bytes_per_pixel_channel:.1f} B per pixel per channel; "
+               f"{fitted.seconds_base:.1f} s + {fitted.seconds_per_megapixel_channel:.3f} s per megapixel-channel")
+    if write:
+        click.echo(f"stored in {site_file}")
+
+
 @main.group()
 def sites() -> None:
     """Site profiles: list, show and validate them."""

@@ -1,0 +1,113 @@
+"""Calibrate a site's memory and time model on its own workers with real tclean tasks.
+
+Each sample is a real imaging task (the cube's own keywords, at a given image size and number of
+channels) run on a worker started exactly as ``submit`` starts them; its peak RSS and wall time
+are measured by the task itself. A least-squares line through the samples gives the base and the
+bytes per pixel per channel (and seconds per megapixel-channel) for the cube's gridder and
+deconvolver, which are then stored in the site's TOML as a ``[[calibration]]`` table.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tomlkit
+
+from .channel_grid import resolve_grid
+from .cluster import start_cluster
+from .cube_spec import CubeSpec
+from .estimate import GIB, estimate_task, image_pixels, stokes_planes
+from .imaging_task import image_chunk
+from .plan import make_plan
+from .site_profile import Calibration, SiteProfile
+from .worker_plugin import PrepareWorker
+
+
+@dataclass(frozen=True)
+class Sample:
+    imsize: int
+    channels: int
+    pixel_channels: int
+    peak_gib: float
+    seconds: float
+
+
+def _sample_spec(spec: CubeSpec, imsize: int, channels: int) -> CubeSpec:
+    tclean = spec.tclean.model_copy(update={"imsize": [imsize, imsize]})
+    parallel = spec.parallel.model_copy(update={"channels_per_task": channels, "workers": 1})
+    return spec.model_copy(update={"tclean": tclean, "parallel": parallel})
+
+
+def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], work_dir: Path) -> list[Sample]:
+    """Run one real task per (imsize, channels) on one worker of ``site``; smallest first."""
+    sizes = sorted(sizes, key=lambda s: s[0] * s[0] * s[1])
+    largest = _sample_spec(spec, *sizes[-1])
+    plan = make_plan(largest, site, estimate_task(largest, site), chunks=1)
+    grid = resolve_grid(spec.tclean)
+    samples = []
+    with start_cluster(plan, site, work_dir) as client:
+        client.register_plugin(PrepareWorker(str(work_dir)))
+        for attempt, (imsize, channels) in enumerate(sizes, start=1):
+            chunk = grid.chunks(channels)[0]
+            params = dict(spec.tclean.model_dump(), imsize=[imsize, imsize], imagename=str(work_dir / "sample"))
+            metrics = client.submit(image_chunk, params, chunk, str(work_dir), attempt, pure=False).result()
+            shutil.rmtree(work_dir / "parts", ignore_errors=True)
+            pixels = imsize * imsize * stokes_planes(spec.tclean.stokes)
+            samples.append(Sample(imsize, chunk.nchan, pixels * chunk.nchan, metrics["peak_rss_bytes"] / GIB,
+                                  metrics["wall_seconds"]))
+    return samples
+
+
+def fit(samples: list[Sample], gridder: str, deconvolver: str) -> Calibration:
+    """Least-squares lines: peak memory (lifted to cover every sample) and wall time against pixels × channels."""
+    if len({s.pixel_channels for s in samples}) < 2:
+        raise ValueError("calibration needs samples of at least two different sizes")
+    x = np.array([s.pixel_channels for s in samples], dtype=float)
+    peaks = np.array([s.peak_gib * GIB for s in samples])
+    memory_slope, memory_base = np.polyfit(x, peaks, 1)
+    # Lift the line onto the highest sample: a memory model may over-estimate a little, never under.
+    memory_base += max(0.0, float((peaks - (memory_base + memory_slope * x)).max()))
+    time_slope, time_base = np.polyfit(x / 1e6, [s.seconds for s in samples], 1)
+    described = ", ".join(f"{s.imsize}²×{s.channels}" for s in samples)
+    return Calibration(
+        gridder=gridder,
+        deconvolver=deconvolver,
+        base_gib=max(0.0, memory_base / GIB),
+        bytes_per_pixel_channel=max(memory_slope, 1e-3),
+        seconds_base=max(0.0, time_base),
+        seconds_per_megapixel_channel=max(0.0, time_slope),
+        fitted_on=f"{time.strftime('%Y-%m-%d')}: {described}",
+    )
+
+
+def prediction_errors(spec: CubeSpec, site: SiteProfile, samples: list[Sample]) -> list[float]:
+    """(predicted - measured) / measured peak memory for each sample under ``site``'s model."""
+    errors = []
+    for s in samples:
+        predicted = estimate_task(_sample_spec(spec, s.imsize, s.channels), site).task_peak_gib
+        errors.append((predicted - s.peak_gib) / s.peak_gib)
+    return errors
+
+
+def store(calibration: Calibration, site_file: Path) -> None:
+    """Put ``calibration`` into the site TOML, replacing one for the same gridder and deconvolver."""
+    document = tomlkit.parse(site_file.read_text())
+    tables = document.get("calibration", tomlkit.aot())
+    kept = tomlkit.aot()
+    for table in tables:
+        if (table["gridder"], table["deconvolver"]) != (calibration.gridder, calibration.deconvolver):
+            kept.append(table)
+    kept.append(tomlkit.item(calibration.model_dump()))
+    document["calibration"] = kept
+    site_file.write_text(tomlkit.dumps(document))
+
+
+def default_sizes(spec: CubeSpec) -> list[tuple[int, int]]:
+    """Three tasks around the cube's own size, small enough to be quick."""
+    side = min(int(image_pixels(spec.tclean.imsize) ** 0.5), 2048)
+    channels = spec.parallel.channels_per_task
+    return [(max(side // 4, 64), channels), (max(side // 2, 128), channels), (side, channels)]
