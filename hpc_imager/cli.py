@@ -27,7 +27,7 @@ def _fail(message: str, status: int) -> None:
 def _user_errors(function):
     """Turn the errors a user can fix into one line and an exit status."""
     from .concat import ConcatError
-    from .driver import RunIncomplete
+    from .driver import RunIncomplete, WorkersUnavailable
     from .journal import RunDirectoryError
     from .plan import PlanRefused
     from .site_profile import SiteError
@@ -38,7 +38,7 @@ def _user_errors(function):
             return function(*args, **kwargs)
         except (CubeSpecError, SiteError, PlanRefused, RunDirectoryError) as error:
             _fail(str(error).splitlines()[0], EXIT_USAGE)
-        except (RunIncomplete, ConcatError) as error:
+        except (RunIncomplete, ConcatError, WorkersUnavailable) as error:
             _fail(str(error), EXIT_FAILED)
         except KeyboardInterrupt:
             _fail("interrupted; run again with --resume to finish", 130)
@@ -88,9 +88,15 @@ def main() -> None:
 @_user_errors
 def submit(cube_toml: Path, site: str, resume: bool, compare_serial: bool, **overrides) -> None:
     """Image the cube described by CUBE_TOML."""
+    import signal
+
     from .driver import image_cube
     from .site_profile import load_site
 
+    def interrupted(*_):  # a batch system's SIGTERM (scancel, walltime) ends the run like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     spec = _load(cube_toml, overrides)
     image_cube(spec, load_site(site), resume=resume, compare_serial=compare_serial)
 

@@ -9,7 +9,10 @@ and set as dask config for local workers.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +22,7 @@ import dask
 from . import casa_setup
 from .plan import DASK_MEMORY_CONFIG, Plan
 from .schedulers import BATCH_SCHEDULERS
-from .site_profile import SiteProfile
+from .site_profile import SiteProfile, walltime_seconds
 
 
 def _env_name(key: str) -> str:
@@ -50,6 +53,7 @@ def jobqueue_kwargs(plan: Plan, site: SiteProfile, run_dir: Path | None = None) 
         "interface": site.interface,
         "local_directory": site.local_scratch,
         "log_directory": str(run_dir / "logs" / "jobs") if run_dir else None,
+        "worker_extra_args": _lifetime_args(plan.walltime),
         **specific,
         "job_extra_directives": list(site.job_directives) + specific.get("job_extra_directives", []),
         "job_script_prologue": worker_prologue(site) + specific.get("job_script_prologue", []),
@@ -70,10 +74,72 @@ def render_job_script(plan: Plan, site: SiteProfile, run_dir: Path | None = None
 @contextlib.contextmanager
 def start_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["distributed.Client"]:
     """Workers as the plan says, and a client connected to them; all of it is gone afterwards."""
-    if site.scheduler != "local":
-        raise NotImplementedError(f"submitting to {site.scheduler} is not available yet")
-    with local_cluster(plan) as client:
-        yield client
+    if site.scheduler == "local":
+        with local_cluster(plan) as client:
+            yield client
+    else:
+        with batch_cluster(plan, site, run_dir) as client:
+            yield client
+
+
+# Workers retire this long before their job's walltime (staggered so they do not all go at once)
+# and the adaptive cluster submits replacements, so a cube longer than one walltime finishes.
+RETIRE_BEFORE_WALLTIME = 600
+RETIRE_STAGGER = 300
+
+
+def _lifetime_args(walltime: str) -> list[str]:
+    seconds = walltime_seconds(walltime)
+    if seconds <= 2 * (RETIRE_BEFORE_WALLTIME + RETIRE_STAGGER):
+        return []  # too short to retire early; the job simply runs to its end
+    return ["--lifetime", f"{seconds - RETIRE_BEFORE_WALLTIME}s", "--lifetime-stagger", f"{RETIRE_STAGGER}s"]
+
+
+@contextlib.contextmanager
+def batch_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["distributed.Client"]:
+    """dask-jobqueue's cluster for the site, kept at the plan's number of jobs.
+
+    ``adapt(minimum_jobs=maximum_jobs=jobs)`` submits a replacement whenever a job ends (cancelled,
+    node lost, walltime), so the run keeps its width. Closing the cluster cancels every job.
+    """
+    from distributed import Client
+
+    casa_setup.configure_offline()
+    cluster_class = BATCH_SCHEDULERS[site.scheduler].cluster_class()
+    # Importing dask_jobqueue makes SIGINT exit the process with status 0 (dask_jobqueue.runner sets
+    # a handler at import); Ctrl-C must instead unwind through here so the jobs are cancelled.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    cluster = cluster_class(scheduler_options={"dashboard_address": ":0", "interface": site.interface},
+                            **jobqueue_kwargs(plan, site, run_dir))
+    try:
+        cluster.adapt(minimum_jobs=plan.jobs, maximum_jobs=plan.jobs)
+        with Client(cluster) as client:
+            yield client
+    finally:
+        previous = signal.signal(signal.SIGINT, lambda *_: _cancel_now_and_exit(cluster))
+        try:
+            cluster.close()  # cancels every job it submitted
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _cancel_now_and_exit(cluster) -> None:
+    """A second Ctrl-C while jobs are being cancelled: cancel them in one command and leave."""
+    job_ids = [job.job_id for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+    if job_ids:
+        subprocess.run(shlex.split(cluster.job_cls.cancel_command) + job_ids, capture_output=True, timeout=30)
+    os._exit(130)
+
+
+def job_counts(client) -> dict[str, int] | None:
+    """Batch jobs whose workers have connected (running) or not yet (pending); None when local."""
+    cluster = getattr(client, "cluster", None)
+    if not hasattr(cluster, "job_cls"):
+        return None
+    connected = [str(w["name"]) for w in client.scheduler_info()["workers"].values()]
+    jobs = [str(name) for name in list(cluster.workers)]
+    running = sum(any(w == job or w.startswith(f"{job}-") for w in connected) for job in jobs)
+    return {"pending": len(jobs) - running, "running": running}
 
 
 @contextlib.contextmanager

@@ -22,11 +22,11 @@ from .channel_grid import Chunk, resolve_grid
 from .concat import assemble, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .imaging_task import image_chunk, part_path
-from .cluster import start_cluster
+from .cluster import job_counts, start_cluster
 from .estimate import estimate_task, mosaic_fields
 from .journal import Journal, RunDirectoryError
 from .plan import Plan, make_plan
-from .site_profile import SiteProfile
+from .site_profile import SiteProfile, walltime_seconds
 from .worker_plugin import PrepareWorker
 
 
@@ -49,11 +49,11 @@ def chunk_tclean_params(spec: CubeSpec) -> dict:
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
-        TextColumn("channels  {task.fields[rate]}"),
+        TextColumn("ch {task.fields[rate]}"),
         TimeRemainingColumn(),
-        TextColumn("failures: {task.fields[failures]}"),
+        TextColumn("failed {task.fields[failures]} {task.fields[workers]}"),
         console=console,
     )
 
@@ -112,7 +112,8 @@ def image_cube(
         with start_cluster(plan, site, run_dir) as client:
             client.register_plugin(PrepareWorker(str(run_dir)))
             console.print(f"hpc_imager: dashboard {client.dashboard_link}")
-            workers_seen = len(client.scheduler_info()["workers"])
+            _wait_for_first_worker(client, site, console)
+            workers_seen = plan.workers
             lost, failures = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
                                          done_channels=grid.nchan - sum(c.nchan for c in todo),
                                          total_channels=grid.nchan)
@@ -153,6 +154,25 @@ def image_cube(
     return report
 
 
+class WorkersUnavailable(RuntimeError):
+    """No worker came up within the site's worker_wait."""
+
+
+def _wait_for_first_worker(client, site: SiteProfile, console: Console) -> None:
+    """Wait as long as the site allows, showing the batch queue; say why when giving up."""
+    deadline = time.time() + walltime_seconds(site.worker_wait)
+    with console.status("waiting for workers") as status:
+        while not client.scheduler_info()["workers"]:
+            counts = job_counts(client)
+            if time.time() > deadline:
+                queued = f": {counts['pending']} job(s) still pending in the queue" if counts else ""
+                raise WorkersUnavailable(f"no worker started within {site.name}'s worker_wait {site.worker_wait}{queued}; "
+                                         "the jobs were cancelled; try again later or another site")
+            if counts:
+                status.update(f"waiting for workers: {counts['pending']} job(s) pending, {counts['running']} running")
+            time.sleep(1)
+
+
 def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: Journal, run_dir: Path,
                 console: Console, done_channels: int, total_channels: int) -> tuple[list[Chunk], list[dict]]:
     """Keep at most max_in_flight chunks submitted; retry failures; return the chunks given up on."""
@@ -182,7 +202,8 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
 
     started = time.time()
     with _progress(console) as progress:
-        bar = progress.add_task("imaging", total=total_channels, completed=done_channels, rate="", failures=0)
+        bar = progress.add_task("imaging", total=total_channels, completed=done_channels, rate="", failures=0,
+                                workers="")
         refill()
         for future in pending:
             chunk, attempt = in_flight.pop(future.key)
@@ -203,7 +224,10 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
                 progress.advance(bar, chunk.nchan)
             future.release()
             done = progress.tasks[0].completed - done_channels
-            progress.update(bar, failures=len(failures), rate=f"{done / max(time.time() - started, 1e-9):.2f}/s")
+            counts = job_counts(client)
+            jobs = f" jobs {counts['running']}+{counts['pending']} queued" if counts else ""
+            progress.update(bar, failures=len(failures), rate=f"{done / max(time.time() - started, 1e-9):.2f}/s",
+                            workers=f"workers {len(client.scheduler_info()['workers'])}{jobs}")
             refill()
     return lost, failures
 

@@ -1,0 +1,191 @@
+"""Through real batch systems on localhost: Slurm, SGE, and PBS syntax over Slurm's Torque wrappers.
+
+.ci/run starts them (shared/ci/start-*.sh). Where one is absent a test skips with the reason,
+except under CI, where an absent scheduler fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_same_cube, run_cli, write_cube_toml
+
+SITES = Path(__file__).with_name("sites")
+PBS_WRAPPERS = Path(os.environ.get("PBS_SHIM_DIR", "/tmp/local-hpc/pbs/bin"))
+pytestmark = pytest.mark.casa
+
+
+def _answers(command: list[str]) -> bool:
+    try:
+        return shutil.which(command[0]) is not None and subprocess.run(
+            command, capture_output=True, timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def need(scheduler: str, available: bool):
+    if not available:
+        reason = f"{scheduler} is not running on this machine (.ci/run starts it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the {scheduler} tests: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def slurm():
+    need("slurm", _answers(["sinfo", "-h"]))
+    return SITES / "ci-slurm.toml"
+
+
+@pytest.fixture
+def sge():
+    need("sge", _answers(["qstat"]) and shutil.which("qconf") is not None)
+    return SITES / "ci-sge.toml"
+
+
+@pytest.fixture
+def pbs():
+    need("pbs wrappers", (PBS_WRAPPERS / "qsub").exists() and _answers(["sinfo", "-h"]))
+    return SITES / "ci-pbs.toml"
+
+
+def our_slurm_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", "hpc-imager", "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def journal_done(run_dir: Path) -> int:
+    path = run_dir / "journal.jsonl"
+    return sum('"done"' in line for line in path.read_text().splitlines()) if path.exists() else 0
+
+
+def single_worker_jobs(site: Path, tmp_path: Path) -> Path:
+    """The same site with one worker per job, so a run has several jobs to lose."""
+    copy = tmp_path / f"{site.stem}-1.toml"
+    copy.write_text(site.read_text().replace("node_cores = 8", "node_cores = 1"))
+    return copy
+
+
+@pytest.mark.slurm
+def test_slurm_cube_equals_serial(slurm, tmp_path, ngc5921_ms, serial_reference):
+    tclean = {"nchan": 16}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
+    result = run_cli("submit", "--site", slurm, cube, cwd=tmp_path)
+    assert "site ci-slurm (slurm, shared)" in result.stderr
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    assert list((tmp_path / "cube.hpcrun" / "logs" / "jobs").glob("hpc-imager-*.err")), "job logs in the run dir"
+    assert not our_slurm_jobs(), "no job left in the queue"
+
+
+@pytest.mark.sge
+def test_sge_cube_equals_serial(sge, tmp_path, ngc5921_ms, serial_reference):
+    tclean = {"nchan": 16}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
+    result = run_cli("submit", "--site", sge, cube, cwd=tmp_path)
+    assert "site ci-sge (sge, shared)" in result.stderr
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    qstat = subprocess.run(["qstat"], capture_output=True, text=True).stdout
+    assert "hpc-imager" not in qstat, "no job left in the queue"
+
+
+@pytest.mark.slurm
+def test_pbs_syntax_through_torque_wrappers(pbs, tmp_path, ngc5921_ms, serial_reference):
+    tclean = {"nchan": 8}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
+    path = f"{PBS_WRAPPERS}{os.pathsep}{os.environ['PATH']}"
+    result = run_cli("submit", "--site", pbs, cube, cwd=tmp_path, env={"PATH": path})
+    assert "site ci-pbs (pbs, shared)" in result.stderr
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+
+
+@pytest.mark.slurm
+def test_slurm_worker_job_cancelled_mid_run_is_replaced_and_the_cube_completes(slurm, tmp_path, ngc5921_ms,
+                                                                             serial_reference):
+    tclean = {"nchan": 32}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
+    run_dir = tmp_path / "cube.hpcrun"
+    site = single_worker_jobs(slurm, tmp_path)
+    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site", str(site), str(cube)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while journal_done(run_dir) < 3:
+            assert driver.poll() is None and time.time() < deadline, "the run did not get going"
+            time.sleep(0.2)
+        victim = our_slurm_jobs()[0]
+        subprocess.run(["scancel", victim], check=True)
+        _, stderr = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    job_logs = {p.stem for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
+    assert len(job_logs) >= 3, f"a replacement job was submitted after scancel {victim}: {job_logs}"
+    assert not our_slurm_jobs()
+
+
+@pytest.mark.slurm
+def test_slurm_sigint_leaves_no_job_in_the_queue(slurm, tmp_path, ngc5921_ms):
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": -1}, {"channels_per_task": 1, "workers": 2})
+    run_dir = tmp_path / "cube.hpcrun"
+    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site",
+                               str(single_worker_jobs(slurm, tmp_path)), str(cube)],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while journal_done(run_dir) < 1:
+            assert driver.poll() is None and time.time() < deadline, "the run did not get going"
+            time.sleep(0.2)
+        assert len(our_slurm_jobs()) == 2
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130 and "interrupted; run again with --resume" in stderr
+    assert "Traceback" not in stderr
+    deadline = time.time() + 10
+    while our_slurm_jobs() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not our_slurm_jobs(), "SIGINT must leave none of the run's jobs in the queue"
+
+
+@pytest.mark.slurm
+def test_slurm_driver_sigkill_then_resume_submits_fresh_workers(slurm, tmp_path, ngc5921_ms, serial_reference):
+    tclean = {"nchan": 24}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
+    run_dir = tmp_path / "cube.hpcrun"
+    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site", str(slurm), str(cube)],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while journal_done(run_dir) < 3:
+            assert driver.poll() is None and time.time() < deadline, "the run did not get going"
+            time.sleep(0.2)
+        stale_jobs = set(our_slurm_jobs())
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        done_before = {json.loads(line)["chunk"] for line in (run_dir / "journal.jsonl").read_text().splitlines()
+                       if '"done"' in line}
+
+        run_cli("submit", "--site", slurm, cube, "--resume", cwd=tmp_path)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        subprocess.run(["scancel", "-n", "hpc-imager"], capture_output=True)
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
+    resubmitted = {e["chunk"] for e in events if e["event"] == "submitted" and e["attempt"] > 1}
+    assert not resubmitted & done_before, "chunks done before the kill were not imaged again"
+    job_logs = {p.stem.removeprefix("hpc-imager-") for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
+    assert job_logs - stale_jobs, "resume submitted fresh worker jobs"
