@@ -210,6 +210,21 @@ def calibrate(cube_toml: Path, site: str, sizes: str | None, write: bool, as_jso
         click.echo(f"stored in {site_file}")
 
 
+@main.command()
+@cube_argument
+@site_option
+@_user_errors
+def script(cube_toml: Path, site: str) -> None:
+    """Print a batch script that runs the driver itself as a job on SITE (sbatch/qsub it)."""
+    from .driver_script import render_driver_script
+    from .site_profile import SiteError, load_site
+
+    profile = load_site(site)
+    if profile.scheduler == "local":
+        raise SiteError(f"site '{profile.name}' runs workers on this machine: run `hpc_imager submit` directly")
+    click.echo(render_driver_script(load_cube_spec(cube_toml), profile, site, cube_toml), nl=False)
+
+
 @main.group()
 def sites() -> None:
     """Site profiles: list, show and validate them."""

@@ -189,3 +189,29 @@ def test_slurm_driver_sigkill_then_resume_submits_fresh_workers(slurm, tmp_path,
     assert not resubmitted & done_before, "chunks done before the kill were not imaged again"
     job_logs = {p.stem.removeprefix("hpc-imager-") for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
     assert job_logs - stale_jobs, "resume submitted fresh worker jobs"
+
+
+@pytest.mark.slurm
+def test_driver_as_a_slurm_job_from_the_script_command(slurm, tmp_path, ngc5921_ms, serial_reference):
+    """`hpc_imager script` prints an sbatch file; the driver runs as a job and submits its workers."""
+    tclean = {"nchan": 8}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
+    wrapper = tmp_path / "driver.sbatch"
+    wrapper.write_text(run_cli("script", "--site", slurm, cube).stdout)
+    assert "#SBATCH --partition=debug" in wrapper.read_text()
+
+    job = subprocess.run(["sbatch", "--parsable", str(wrapper)], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout.strip()
+    deadline = time.time() + 300
+    while job in our_driver_jobs():
+        assert time.time() < deadline, "the driver job did not finish"
+        time.sleep(1)
+    log = (tmp_path / f"cube.hpcrun.driver-{job}.log").read_text()
+    assert "hpc_imager: wrote" in log, log[-2000:]
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    assert not our_slurm_jobs()
+
+
+def our_driver_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", "hpc-imager-driver", "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()

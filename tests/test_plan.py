@@ -176,3 +176,15 @@ def test_plan_and_estimate_cli_on_ngc5921(tmp_path, ngc5921_ms):
 def test_site_reference_docs_are_generated_from_the_schema():
     committed = (Path(__file__).parents[1] / "docs" / "site-reference.md").read_text()
     assert committed == run_cli("reference", "site").stdout, "regenerate: python -m hpc_imager reference site > docs/site-reference.md"
+
+
+@pytest.mark.parametrize("scheduler, directive", [("slurm", "#SBATCH --partition=work"), ("pbs", "#PBS -q work"),
+                                                  ("sge", "#$ -q work")])
+def test_driver_wrapper_scripts_render_for_each_scheduler(scheduler, directive, tmp_path):
+    from hpc_imager.driver_script import render_driver_script
+
+    script = render_driver_script(spec(), site(scheduler, "shared"), "my-site", tmp_path / "cube.toml")
+    assert directive in script and "module load casa-deps" in script
+    assert f"-m hpc_imager submit --site my-site {tmp_path / 'cube.toml'} $resume" in script
+    assert "[ -f /shared/run/run.json ] && echo --resume" in script
+    assert "$walltime" not in script and "48:00:00" in script
