@@ -71,14 +71,17 @@ def render_job_script(plan: Plan, site: SiteProfile, run_dir: Path | None = None
     return job.job_script()
 
 
+# A task whose worker died under it twice is handed back to the driver, which retries it, or retries
+# it with more memory when the logs say memory killed it, instead of dask trying it on and on.
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1}
+
+
 @contextlib.contextmanager
 def start_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["distributed.Client"]:
     """Workers as the plan says, and a client connected to them; all of it is gone afterwards."""
-    if site.scheduler == "local":
-        with local_cluster(plan) as client:
-            yield client
-    else:
-        with batch_cluster(plan, site, run_dir) as client:
+    with dask.config.set(SCHEDULER_CONFIG):
+        clients = local_cluster(plan) if site.scheduler == "local" else batch_cluster(plan, site, run_dir)
+        with clients as client:
             yield client
 
 

@@ -74,13 +74,17 @@ def assemble(run_dir: Path, chunks: list[Chunk], tclean_params: dict, tabular_ax
     for product in products:
         ia = image()
         try:
-            out = ia.imageconcat(
-                outfile=f"{staged_name}.{product}",
-                infiles=[str(part / f"part.{product}") for part in parts],
-                axis=-1,  # the spectral axis
-                relax=False,
-                mode="paged",
-            )
+            if len(parts) == 1:  # imageconcat wants two or more; one part is copied as it is
+                ia.open(str(parts[0] / f"part.{product}"))
+                out = ia.subimage(outfile=f"{staged_name}.{product}")
+            else:
+                out = ia.imageconcat(
+                    outfile=f"{staged_name}.{product}",
+                    infiles=[str(part / f"part.{product}") for part in parts],
+                    axis=-1,  # the spectral axis
+                    relax=False,
+                    mode="paged",
+                )
             if tabular_axis is not None:
                 _set_spectral_axis(out, tabular_axis)
             out.done()

@@ -9,11 +9,14 @@ without re-imaging what was done.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dask.utils import parse_bytes
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -23,9 +26,9 @@ from .concat import assemble, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .imaging_task import image_chunk, part_path
 from .cluster import job_counts, start_cluster
-from .estimate import estimate_task, mosaic_fields
+from .estimate import GIB, estimate_task, mosaic_fields
 from .journal import Journal, RunDirectoryError
-from .plan import Plan, make_plan
+from .plan import Plan, PlanRefused, make_plan
 from .site_profile import SiteProfile, walltime_seconds
 from .worker_plugin import PrepareWorker
 
@@ -77,7 +80,8 @@ def image_cube(
 
     grid = resolve_grid(spec.tclean)
     chunks = grid.chunks(spec.parallel.channels_per_task)
-    plan = make_plan(spec, site, estimate_task(spec, site, mosaic_fields(spec)), len(chunks))
+    estimate = estimate_task(spec, site, mosaic_fields(spec))
+    plan = make_plan(spec, site, estimate, len(chunks))
     identity = {
         "fingerprint": spec.fingerprint(),
         "imagename": imagename,
@@ -95,6 +99,7 @@ def image_cube(
     (run_dir / "logs").mkdir(exist_ok=True)
     casalog.setlogfile(str(run_dir / "logs" / "driver.casa.log"))
     casalog.showconsole(False)
+    _log_dask_to(run_dir / "logs" / "driver.dask.log")
 
     todo = [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
     for caveat in grid.caveats():
@@ -106,17 +111,31 @@ def image_cube(
     started = time.time()
     lost: list[Chunk] = []
     failures: list[dict] = []
-    workers_seen = None
-    console.print(f"hpc_imager: {plan.summary()}")
-    if todo:
+    plans = [plan]
+    memory_note = ""
+    while todo:
+        console.print(f"hpc_imager: {plan.summary()}")
         with start_cluster(plan, site, run_dir) as client:
             client.register_plugin(PrepareWorker(str(run_dir)))
             console.print(f"hpc_imager: dashboard {client.dashboard_link}")
             _wait_for_first_worker(client, site, console)
-            workers_seen = plan.workers
-            lost, failures = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
-                                         done_channels=grid.nchan - sum(c.nchan for c in todo),
-                                         total_channels=grid.nchan)
+            outcome = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
+                                  done_channels=grid.nchan - sum(c.nchan for c in todo), total_channels=grid.nchan)
+        lost += outcome.lost
+        failures += outcome.failures
+        todo = outcome.out_of_memory
+        if not todo:
+            break
+        try:
+            twice = (2 * plan.worker_need_bytes - parse_bytes(site.worker_base)) / GIB  # the worker's need doubled
+            plan = make_plan(spec, site, replace(estimate, task_peak_gib=twice), len(todo))
+        except PlanRefused as refusal:
+            lost += todo
+            memory_note = f"; channels {_channel_ranges(todo)} ran out of memory and cannot have more: {refusal}"
+            break
+        plans.append(plan)
+        console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with twice the"
+                      " memory per worker")
     report = {
         "status": "incomplete" if lost else "complete",
         "imagename": imagename,
@@ -125,8 +144,9 @@ def image_cube(
         "caveats": grid.caveats(),
         "chunks": len(chunks),
         "channels_per_task": spec.parallel.channels_per_task,
-        "workers": workers_seen,
-        "plan": plan.as_dict(),
+        "workers": plans[0].workers,
+        "plan": plans[0].as_dict(),
+        "memory_retries": [p.as_dict() for p in plans[1:]],
         "imaging_seconds": time.time() - started,
         "chunk_metrics": [journal.record(c.index).done for c in chunks if journal.record(c.index).done],
         "failures": failures,
@@ -137,6 +157,7 @@ def image_cube(
         raise RunIncomplete(
             f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
             f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
+            + memory_note
         )
     report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis)
     report["wall_seconds"] = time.time() - started
@@ -173,9 +194,32 @@ def _wait_for_first_worker(client, site: SiteProfile, console: Console) -> None:
             time.sleep(1)
 
 
+@dataclass
+class Outcome:
+    lost: list[Chunk] = field(default_factory=list)  # failed every try
+    out_of_memory: list[Chunk] = field(default_factory=list)  # killed for memory: worth more memory
+    failures: list[dict] = field(default_factory=list)
+
+
+# What the batch systems, distributed's nanny and Python say when memory ran out, in a task's error
+# or in the run's worker and job logs (Slurm's slurmstepd writes its kill into the job's stderr).
+MEMORY_SIGNS = ("MemoryError", "memory budget", "exceeded memory limit", "OUT_OF_MEMORY", "Out Of Memory")
+
+
+def _ran_out_of_memory(error: Exception, run_dir: Path) -> bool:
+    """A MemoryError in the task (SGE's h_vmem), or a worker that died under it (KilledWorker) with a
+    memory kill recorded in the run's logs by the nanny or the batch system."""
+    if isinstance(error, MemoryError) or "MemoryError" in str(error):
+        return True
+    if type(error).__name__ != "KilledWorker":
+        return False
+    logs = list((run_dir / "logs").glob("worker-*.log")) + list((run_dir / "logs" / "jobs").glob("*"))
+    return any(sign in path.read_text(errors="replace") for path in logs if path.is_file() for sign in MEMORY_SIGNS)
+
+
 def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: Journal, run_dir: Path,
-                console: Console, done_channels: int, total_channels: int) -> tuple[list[Chunk], list[dict]]:
-    """Keep at most max_in_flight chunks submitted; retry failures; return the chunks given up on."""
+                console: Console, done_channels: int, total_channels: int) -> Outcome:
+    """Keep at most max_in_flight chunks submitted; retry failures; say which chunks were given up on."""
     from distributed import as_completed
 
     params = chunk_tclean_params(spec)
@@ -183,8 +227,7 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
     queue = deque(todo)
     tries: dict[int, int] = {}
     in_flight: dict[str, tuple[Chunk, int]] = {}
-    lost: list[Chunk] = []
-    failures: list[dict] = []
+    outcome = Outcome()
     pending = as_completed()
 
     def submit(chunk: Chunk) -> None:
@@ -212,13 +255,15 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
             except Exception as error:  # any failure of the task or its worker: retry the chunk
                 message = f"{type(error).__name__}: {error}"
                 journal.failed(chunk.index, attempt, message)
-                failures.append({"chunk": chunk.index, "attempt": attempt, "error": message})
+                outcome.failures.append({"chunk": chunk.index, "attempt": attempt, "error": message})
                 progress.console.print(f"hpc_imager: {chunk.name} (channels {_channel_ranges([chunk])}) failed"
                                        f" on attempt {attempt}: {message}")
-                if tries[chunk.index] <= spec.parallel.retries:
+                if _ran_out_of_memory(error, run_dir):
+                    outcome.out_of_memory.append(chunk)  # the same memory would fail again
+                elif tries[chunk.index] <= spec.parallel.retries:
                     queue.appendleft(chunk)
                 else:
-                    lost.append(chunk)
+                    outcome.lost.append(chunk)
             else:
                 journal.done(chunk.index, metrics)
                 progress.advance(bar, chunk.nchan)
@@ -226,10 +271,23 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
             done = progress.tasks[0].completed - done_channels
             counts = job_counts(client)
             jobs = f" jobs {counts['running']}+{counts['pending']} queued" if counts else ""
-            progress.update(bar, failures=len(failures), rate=f"{done / max(time.time() - started, 1e-9):.2f}/s",
+            progress.update(bar, failures=len(outcome.failures), rate=f"{done / max(time.time() - started, 1e-9):.2f}/s",
                             workers=f"workers {len(client.scheduler_info()['workers'])}{jobs}")
             refill()
-    return lost, failures
+    return outcome
+
+
+def _log_dask_to(path: Path) -> None:
+    """The scheduler's own messages (a task marked failed, a worker lost) go to the run's logs: the
+    driver reports each failure itself, in one line."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("distributed", "dask_jobqueue"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _write_report(run_dir: Path, report: dict) -> None:

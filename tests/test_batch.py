@@ -215,3 +215,37 @@ def test_driver_as_a_slurm_job_from_the_script_command(slurm, tmp_path, ngc5921_
 def our_driver_jobs() -> list[str]:
     out = subprocess.run(["squeue", "-h", "-n", "hpc-imager-driver", "-o", "%i"], capture_output=True, text=True).stdout
     return out.split()
+
+
+def _underestimating_site(site: Path, tmp_path: Path, node_memory: str = "16GiB") -> Path:
+    """The CI site with a calibration far below what a 1024² task needs, so its first workers are too small."""
+    copy = tmp_path / f"{site.stem}-tight.toml"
+    copy.write_text(site.read_text().replace("node_cores = 8", "node_cores = 1").replace('"16GiB"', f'"{node_memory}"')
+                    + '\n[[calibration]]\ngridder = "standard"\ndeconvolver = "hogbom"\nbase_gib = 0.05\n'
+                      'bytes_per_pixel_channel = 1.0\nfitted_on = "deliberately wrong"\n')
+    return copy
+
+
+@pytest.mark.slurm
+def test_slurm_chunk_killed_for_memory_is_retried_with_more_memory(slurm, tmp_path, ngc5921_ms, serial_reference):
+    tclean = {"nchan": 4, "imsize": [1024, 1024]}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 1})
+    result = run_cli("submit", "--site", _underestimating_site(slurm, tmp_path), cube, cwd=tmp_path)
+    assert "worker memory limit 512.00 MiB" in result.stderr
+    assert "ran out of memory: imaging them again with twice the memory per worker" in result.stderr
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["memory_retries"] and report["memory_retries"][0]["worker_memory_limit_bytes"] > 2**29
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    assert not our_slurm_jobs()
+
+
+@pytest.mark.slurm
+def test_slurm_chunk_that_cannot_get_enough_memory_is_named(slurm, tmp_path, ngc5921_ms):
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 4, "imsize": [1024, 1024]},
+                           {"channels_per_task": 4, "workers": 1})
+    site = _underestimating_site(slurm, tmp_path, node_memory="1GiB")
+    result = run_cli("submit", "--site", site, cube, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "channels 0-3 ran out of memory and cannot have more: one task needs" in result.stderr
+    assert "node offers" in result.stderr and "Traceback" not in result.stderr
+    assert not our_slurm_jobs()
