@@ -110,6 +110,8 @@ def test_golden_scripts_carry_the_plan():
     assert "#SBATCH --mem=52736M" in slurm  # 12 workers × 4.25 GiB + 0.5 GiB
     assert "--memory-limit 4.25GiB --nworkers 12" in slurm and "#SBATCH -t 06:00:00" in slurm
     assert "#SBATCH --comment=golden" in slurm and "module load casa-deps" in slurm
+    # workers retire 10 min before the 6 h walltime, staggered by 5 min, and are replaced
+    assert "--lifetime 21000s --lifetime-stagger 300s" in slurm
     assert "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in slurm
     assert "#SBATCH --exclusive" in (GOLDEN / "slurm-dedicated.sh").read_text()
     assert "--memory-limit 0.0B" in (GOLDEN / "slurm-dedicated.sh").read_text()  # distributed: no limit
