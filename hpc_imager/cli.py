@@ -66,6 +66,24 @@ def _load(cube_toml: Path, overrides: dict) -> CubeSpec:
     return spec.model_copy(update={"parallel": parallel})
 
 
+def _cube_on_site(function):
+    """CUBE_TOML, --site and the [parallel] overrides → the validated cube and site, CASA set up offline."""
+
+    @_parallel_overrides
+    @functools.wraps(function)
+    def wrapper(cube_toml: Path, site: str, **kwargs):
+        from . import casa_setup
+        from .site_profile import load_site
+
+        overrides = {name: kwargs.pop(name) for name in ParallelParams.model_fields}
+        spec = _load(cube_toml, overrides)
+        profile = load_site(site)
+        casa_setup.configure_offline()
+        return function(spec, profile, **kwargs)
+
+    return wrapper
+
+
 site_option = click.option("--site", default="local", show_default=True,
                            help="Site profile: a name (see `sites list`) or a path to a site TOML.")
 cube_argument = click.argument("cube_toml", type=click.Path(path_type=Path))
@@ -84,38 +102,31 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Finish the run in the cube's run directory.")
 @click.option("--compare-serial", is_flag=True,
               help="Afterwards run serial tclean on the whole cube and report per-plane differences.")
-@_parallel_overrides
 @_user_errors
-def submit(cube_toml: Path, site: str, resume: bool, compare_serial: bool, **overrides) -> None:
+@_cube_on_site
+def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
     """Image the cube described by CUBE_TOML."""
     import signal
 
     from .driver import image_cube
-    from .site_profile import load_site
 
     def interrupted(*_):  # a batch system's SIGTERM (scancel, walltime) ends the run like Ctrl-C
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
-    spec = _load(cube_toml, overrides)
-    image_cube(spec, load_site(site), resume=resume, compare_serial=compare_serial)
+    image_cube(spec, profile, resume=resume, compare_serial=compare_serial)
 
 
 @main.command()
 @cube_argument
 @site_option
 @json_option
-@_parallel_overrides
 @_user_errors
-def estimate(cube_toml: Path, site: str, as_json: bool, **overrides) -> None:
+@_cube_on_site
+def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
     """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
-    from . import casa_setup
     from .estimate import estimate_task, mosaic_fields
-    from .site_profile import load_site
 
-    spec = _load(cube_toml, overrides)
-    profile = load_site(site)
-    casa_setup.configure_offline()
     result = estimate_task(spec, profile, mosaic_fields(spec))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -129,20 +140,15 @@ def estimate(cube_toml: Path, site: str, as_json: bool, **overrides) -> None:
 @cube_argument
 @site_option
 @json_option
-@_parallel_overrides
 @_user_errors
-def plan(cube_toml: Path, site: str, as_json: bool, **overrides) -> None:
+@_cube_on_site
+def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
-    from . import casa_setup
     from .channel_grid import resolve_grid
     from .cluster import render_job_script
     from .estimate import estimate_task, mosaic_fields
     from .plan import make_plan
-    from .site_profile import load_site
 
-    spec = _load(cube_toml, overrides)
-    profile = load_site(site)
-    casa_setup.configure_offline()
     chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
     script = render_job_script(the_plan, profile, spec.run_directory)

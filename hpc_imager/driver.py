@@ -9,7 +9,6 @@ without re-imaging what was done.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from .imaging_task import image_chunk, part_path
 from .cluster import job_counts, start_cluster
 from .estimate import GIB, estimate_task, mosaic_fields
 from .journal import Journal, RunDirectoryError
+from .logs import send_dask_logs_to
 from .plan import Plan, PlanRefused, make_plan
 from .site_profile import SiteProfile, walltime_seconds
 from .worker_plugin import PrepareWorker
@@ -99,7 +99,7 @@ def image_cube(
     (run_dir / "logs").mkdir(exist_ok=True)
     casalog.setlogfile(str(run_dir / "logs" / "driver.casa.log"))
     casalog.showconsole(False)
-    _log_dask_to(run_dir / "logs" / "driver.dask.log")
+    send_dask_logs_to(open(run_dir / "logs" / "driver.dask.log", "a", buffering=1))
 
     todo = [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
     for caveat in grid.caveats():
@@ -275,19 +275,6 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
                             workers=f"workers {len(client.scheduler_info()['workers'])}{jobs}")
             refill()
     return outcome
-
-
-def _log_dask_to(path: Path) -> None:
-    """The scheduler's own messages (a task marked failed, a worker lost) go to the run's logs: the
-    driver reports each failure itself, in one line."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("distributed", "dask_jobqueue"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.propagate = False
 
 
 def _write_report(run_dir: Path, report: dict) -> None:

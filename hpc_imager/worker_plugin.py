@@ -7,7 +7,6 @@ directory, so the driver's terminal shows progress and one line per failure, and
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import casa_setup
+from .logs import send_dask_logs_to
 
 
 class PrepareWorker(WorkerPlugin):
@@ -31,10 +31,4 @@ class PrepareWorker(WorkerPlugin):
         log = open(logs / f"worker-{name}.log", "a", buffering=1)
         sys.stderr.flush()
         os.dup2(log.fileno(), 2)
-        handler = logging.StreamHandler(log)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        for logger_name in ("distributed", "dask"):
-            logger = logging.getLogger(logger_name)
-            for old in list(logger.handlers):
-                logger.removeHandler(old)
-            logger.addHandler(handler)
+        send_dask_logs_to(log)
