@@ -75,26 +75,23 @@ def single_worker_jobs(site: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.slurm
-def test_slurm_cube_equals_serial(slurm, tmp_path, ngc5921_ms, serial_reference):
-    tclean = {"nchan": 16}
-    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
-    result = run_cli("submit", "--site", slurm, cube, cwd=tmp_path)
-    assert "site ci-slurm (slurm, shared)" in result.stderr
-    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
-    assert list((tmp_path / "cube.hpcrun" / "logs" / "jobs").glob("hpc-imager-*.err")), "job logs in the run dir"
-    assert not our_slurm_jobs(), "no job left in the queue"
+def jobs_in_queue(scheduler: str) -> bool:
+    if scheduler == "slurm":
+        return bool(our_slurm_jobs())
+    return "hpc-imager" in subprocess.run(["qstat"], capture_output=True, text=True).stdout
 
 
-@pytest.mark.sge
-def test_sge_cube_equals_serial(sge, tmp_path, ngc5921_ms, serial_reference):
+@pytest.mark.parametrize("scheduler", [pytest.param("slurm", marks=pytest.mark.slurm),
+                                       pytest.param("sge", marks=pytest.mark.sge)])
+def test_cube_equals_serial(scheduler, request, tmp_path, ngc5921_ms, serial_reference):
+    site = request.getfixturevalue(scheduler)
     tclean = {"nchan": 16}
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
-    result = run_cli("submit", "--site", sge, cube, cwd=tmp_path)
-    assert "site ci-sge (sge, shared)" in result.stderr
+    result = run_cli("submit", "--site", site, cube, cwd=tmp_path)
+    assert f"site ci-{scheduler} ({scheduler}, shared)" in result.stderr
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
-    qstat = subprocess.run(["qstat"], capture_output=True, text=True).stdout
-    assert "hpc-imager" not in qstat, "no job left in the queue"
+    assert list((tmp_path / "cube.hpcrun" / "logs" / "jobs").iterdir()), "job logs in the run directory"
+    assert not jobs_in_queue(scheduler), "no job left in the queue"
 
 
 @pytest.mark.slurm
