@@ -85,17 +85,18 @@ def start_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["dis
             yield client
 
 
-# Workers retire this long before their job's walltime (staggered so they do not all go at once)
-# and the adaptive cluster submits replacements, so a cube longer than one walltime finishes.
+# Workers retire before their job's walltime (10 minutes, or a fifth of a short walltime), staggered
+# so they do not all go at once, and the adaptive cluster submits replacements: a cube longer than
+# one walltime finishes, and no chunk is cut off by the batch system's kill.
 RETIRE_BEFORE_WALLTIME = 600
 RETIRE_STAGGER = 300
 
 
 def _lifetime_args(walltime: str) -> list[str]:
     seconds = walltime_seconds(walltime)
-    if seconds <= 2 * (RETIRE_BEFORE_WALLTIME + RETIRE_STAGGER):
-        return []  # too short to retire early; the job simply runs to its end
-    return ["--lifetime", f"{seconds - RETIRE_BEFORE_WALLTIME}s", "--lifetime-stagger", f"{RETIRE_STAGGER}s"]
+    margin = min(RETIRE_BEFORE_WALLTIME, seconds // 5)
+    stagger = min(RETIRE_STAGGER, seconds // 10)
+    return ["--lifetime", f"{seconds - margin}s", "--lifetime-stagger", f"{stagger}s"]
 
 
 @contextlib.contextmanager

@@ -246,3 +246,37 @@ def test_slurm_chunk_that_cannot_get_enough_memory_is_named(slurm, tmp_path, ngc
     assert "channels 0-3 ran out of memory and cannot have more: one task needs" in result.stderr
     assert "node offers" in result.stderr and "Traceback" not in result.stderr
     assert not our_slurm_jobs()
+
+
+@pytest.mark.slurm
+def test_slurm_gives_up_waiting_for_a_queue_that_never_starts_the_jobs(slurm, tmp_path, ngc5921_ms):
+    """Queue-aware waiting: the site's worker_wait, then a one-line reason, and no job left behind."""
+    site = tmp_path / "held.toml"
+    site.write_text(slurm.read_text().replace('worker_wait = "00:03:00"', 'worker_wait = "00:00:15"')
+                    .replace("job_directives = []", "") + 'job_directives = ["--begin=now+2hours"]\n')
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 4}, {"channels_per_task": 2, "workers": 2})
+    started = time.time()
+    result = run_cli("submit", "--site", site, cube, cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "no worker started within held's worker_wait 00:00:15: 1 job(s) still pending" in result.stderr
+    assert time.time() - started < 120
+    assert not our_slurm_jobs(), "the pending jobs were cancelled"
+    assert (tmp_path / "cube.hpcrun" / "run.json").exists(), "the run can be resumed later"
+
+
+@pytest.mark.slurm
+def test_slurm_cube_longer_than_one_walltime_finishes(slurm, tmp_path, ngc5921_ms, serial_reference):
+    """Workers retire before their walltime (40 s here: they go at 32 s ± 4 s) and are replaced; the
+    cube, which takes about a minute, is still complete."""
+    site = tmp_path / "short.toml"
+    site.write_text(single_worker_jobs(slurm, tmp_path).read_text()
+                    .replace('walltime_default = "00:30:00"', 'walltime_default = "00:00:40"'))
+    tclean = {"nchan": -1, "imsize": [512, 512]}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 1, "workers": 2})
+    result = run_cli("submit", "--site", site, cube, cwd=tmp_path)
+    assert "walltime 00:00:40" in result.stderr
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    jobs = list((tmp_path / "cube.hpcrun" / "logs" / "jobs").glob("hpc-imager-*.err"))
+    assert len(jobs) >= 3, "retired jobs were replaced"
+    assert any("worker-lifetime-reached" in job.read_text() for job in jobs)
+    assert not our_slurm_jobs()
