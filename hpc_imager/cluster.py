@@ -8,6 +8,7 @@ and set as dask config for local workers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import dask
+from tornado.ioloop import PeriodicCallback
 
 from . import casa_setup
 from .plan import DASK_MEMORY_CONFIG, Plan
@@ -73,7 +75,9 @@ def render_job_script(plan: Plan, site: SiteProfile, run_dir: Path | None = None
 
 # A task whose worker died under it twice is handed back to the driver, which retries it, or retries
 # it with more memory when the logs say memory killed it, instead of dask trying it on and on.
-SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1}
+# distributed's own reaping of lost jobs is off: it misses jobs of several workers and can close a
+# replacement that reuses a lost job's name; LostJobs below does it for every job.
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.deploy.lost-worker-timeout": "3650 days"}
 
 
 @contextlib.contextmanager
@@ -115,16 +119,47 @@ def batch_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["dis
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cluster = cluster_class(scheduler_options={"dashboard_address": ":0", "interface": site.interface},
                             **jobqueue_kwargs(plan, site, run_dir))
+    watchdog = PeriodicCallback(LostJobs(cluster), LOST_JOB_CHECK_SECONDS * 1000)
     try:
         cluster.adapt(minimum_jobs=plan.jobs, maximum_jobs=plan.jobs)
+        cluster.loop.add_callback(watchdog.start)
         with Client(cluster) as client:
             yield client
     finally:
+        cluster.loop.add_callback(watchdog.stop)
         previous = signal.signal(signal.SIGINT, lambda *_: _cancel_now_and_exit(cluster))
         try:
             cluster.close()  # cancels every job it submitted
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+LOST_JOB_CHECK_SECONDS = 5
+
+
+class LostJobs:
+    """Replace batch jobs whose workers have all gone (cancelled, node lost, retired at walltime).
+
+    distributed replaces a lost job only when the job runs a single worker: with several workers per
+    job their names carry suffixes and the job is never noticed. This runs on the cluster's event
+    loop, forgets such a job and lets the cluster submit a fresh one under the same name.
+    """
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.seen: set[str] = set()  # jobs whose workers have connected at some point
+
+    def __call__(self) -> None:
+        connected = [str(w["name"]) for w in self.cluster.scheduler_info.get("workers", {}).values()]
+        for name in list(self.cluster.workers):
+            alive = any(w == str(name) or w.startswith(f"{name}-") for w in connected)
+            if alive:
+                self.seen.add(str(name))
+            elif str(name) in self.seen:
+                self.seen.discard(str(name))
+                job = self.cluster.workers.pop(name)
+                self.cluster._futures.add(asyncio.ensure_future(job.close()))  # make sure it is gone
+                self.cluster._correct_state()  # submits a job for the spec that has none now
 
 
 def _cancel_now_and_exit(cluster) -> None:
