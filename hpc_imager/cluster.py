@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import dask
 from tornado.ioloop import PeriodicCallback
@@ -25,6 +25,9 @@ from . import casa_setup
 from .plan import DASK_MEMORY_CONFIG, Plan
 from .schedulers import BATCH_SCHEDULERS
 from .site_profile import SiteProfile, walltime_seconds
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def _env_name(key: str) -> str:
@@ -81,7 +84,7 @@ SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.de
 
 
 @contextlib.contextmanager
-def start_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["distributed.Client"]:
+def start_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator[Client]:
     """Workers as the plan says, and a client connected to them; all of it is gone afterwards."""
     with dask.config.set(SCHEDULER_CONFIG):
         clients = local_cluster(plan) if site.scheduler == "local" else batch_cluster(plan, site, run_dir)
@@ -104,7 +107,7 @@ def _lifetime_args(walltime: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def batch_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator["distributed.Client"]:
+def batch_cluster(plan: Plan, site: SiteProfile, run_dir: Path) -> Iterator[Client]:
     """dask-jobqueue's cluster for the site, kept at the plan's number of jobs.
 
     ``adapt(minimum_jobs=maximum_jobs=jobs)`` submits a replacement whenever a job ends (cancelled,
@@ -182,7 +185,7 @@ def job_counts(client) -> dict[str, int] | None:
 
 
 @contextlib.contextmanager
-def local_cluster(plan: Plan) -> Iterator["distributed.Client"]:
+def local_cluster(plan: Plan) -> Iterator[Client]:
     """A LocalCluster: one single-threaded worker process per planned worker, dashboard on loopback."""
     from distributed import Client, LocalCluster
 

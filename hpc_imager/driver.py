@@ -109,33 +109,8 @@ def image_cube(
         f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
     )
     started = time.time()
-    lost: list[Chunk] = []
-    failures: list[dict] = []
-    plans = [plan]
-    memory_note = ""
-    while todo:
-        console.print(f"hpc_imager: {plan.summary()}")
-        with start_cluster(plan, site, run_dir) as client:
-            client.register_plugin(PrepareWorker(str(run_dir)))
-            console.print(f"hpc_imager: dashboard {client.dashboard_link}")
-            _wait_for_first_worker(client, site, console)
-            outcome = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
-                                  done_channels=grid.nchan - sum(c.nchan for c in todo), total_channels=grid.nchan)
-        lost += outcome.lost
-        failures += outcome.failures
-        todo = outcome.out_of_memory
-        if not todo:
-            break
-        try:
-            twice = (2 * plan.worker_need_bytes - parse_bytes(site.worker_base)) / GIB  # the worker's need doubled
-            plan = make_plan(spec, site, replace(estimate, task_peak_gib=twice), len(todo))
-        except PlanRefused as refusal:
-            lost += todo
-            memory_note = f"; channels {_channel_ranges(todo)} ran out of memory and cannot have more: {refusal}"
-            break
-        plans.append(plan)
-        console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with twice the"
-                      " memory per worker")
+    passes = _image_chunks(spec, site, estimate, plan, todo, journal, run_dir, console, grid.nchan)
+    lost = passes.lost
     report = {
         "status": "incomplete" if lost else "complete",
         "imagename": imagename,
@@ -144,12 +119,12 @@ def image_cube(
         "caveats": grid.caveats(),
         "chunks": len(chunks),
         "channels_per_task": spec.parallel.channels_per_task,
-        "workers": plans[0].workers,
-        "plan": plans[0].as_dict(),
-        "memory_retries": [p.as_dict() for p in plans[1:]],
+        "workers": plan.workers,
+        "plan": plan.as_dict(),
+        "memory_retries": [p.as_dict() for p in passes.plans[1:]],
         "imaging_seconds": time.time() - started,
         "chunk_metrics": [journal.record(c.index).done for c in chunks if journal.record(c.index).done],
-        "failures": failures,
+        "failures": passes.failures,
     }
     if lost:
         report["missing_channels"] = [ch for c in lost for ch in c.channels]
@@ -157,7 +132,7 @@ def image_cube(
         raise RunIncomplete(
             f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
             f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
-            + memory_note
+            + passes.memory_note
         )
     report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis)
     report["wall_seconds"] = time.time() - started
@@ -192,6 +167,47 @@ def _wait_for_first_worker(client, site: SiteProfile, console: Console) -> None:
             if counts:
                 status.update(f"waiting for workers: {counts['pending']} job(s) pending, {counts['running']} running")
             time.sleep(1)
+
+
+@dataclass
+class Passes:
+    """What the passes over the chunks came to: the first plan's, then each with more memory."""
+
+    plans: list[Plan]
+    lost: list[Chunk] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    memory_note: str = ""
+
+
+def _image_chunks(spec: CubeSpec, site: SiteProfile, estimate, plan: Plan, todo: list[Chunk], journal: Journal,
+                  run_dir: Path, console: Console, nchan: int) -> Passes:
+    """Image ``todo`` in a cluster made from ``plan``; chunks killed for memory go round again in a
+    cluster whose workers have twice the memory, until they fit or a node cannot hold one worker."""
+    passes = Passes(plans=[plan])
+    while todo:
+        console.print(f"hpc_imager: {plan.summary()}")
+        with start_cluster(plan, site, run_dir) as client:
+            client.register_plugin(PrepareWorker(str(run_dir)))
+            console.print(f"hpc_imager: dashboard {client.dashboard_link}")
+            _wait_for_first_worker(client, site, console)
+            outcome = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
+                                  done_channels=nchan - sum(c.nchan for c in todo), total_channels=nchan)
+        passes.lost += outcome.lost
+        passes.failures += outcome.failures
+        todo = outcome.out_of_memory
+        if not todo:
+            break
+        twice = (2 * plan.worker_need_bytes - parse_bytes(site.worker_base)) / GIB  # the worker's need doubled
+        try:
+            plan = make_plan(spec, site, replace(estimate, task_peak_gib=twice), len(todo))
+        except PlanRefused as refusal:
+            passes.lost += todo
+            passes.memory_note = f"; channels {_channel_ranges(todo)} ran out of memory and cannot have more: {refusal}"
+            break
+        passes.plans.append(plan)
+        console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with twice the"
+                      " memory per worker")
+    return passes
 
 
 @dataclass
