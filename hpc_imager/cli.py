@@ -66,9 +66,17 @@ def _load(cube_toml: Path, overrides: dict) -> CubeSpec:
     return spec.model_copy(update={"parallel": parallel})
 
 
+site_option = click.option("--site", default="local", show_default=True,
+                           help="Site profile: a name (see `sites list`) or a path to a site TOML.")
+cube_argument = click.argument("cube_toml", type=click.Path(path_type=Path))
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
 def _cube_on_site(function):
     """CUBE_TOML, --site and the [parallel] overrides → the validated cube and site, CASA set up offline."""
 
+    @cube_argument
+    @site_option
     @_parallel_overrides
     @functools.wraps(function)
     def wrapper(cube_toml: Path, site: str, **kwargs):
@@ -84,10 +92,6 @@ def _cube_on_site(function):
     return wrapper
 
 
-site_option = click.option("--site", default="local", show_default=True,
-                           help="Site profile: a name (see `sites list`) or a path to a site TOML.")
-cube_argument = click.argument("cube_toml", type=click.Path(path_type=Path))
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group()
@@ -97,8 +101,6 @@ def main() -> None:
 
 
 @main.command()
-@cube_argument
-@site_option
 @click.option("--resume", is_flag=True, help="Finish the run in the cube's run directory.")
 @click.option("--compare-serial", is_flag=True,
               help="Afterwards run serial tclean on the whole cube and report per-plane differences.")
@@ -118,8 +120,6 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
 
 
 @main.command()
-@cube_argument
-@site_option
 @json_option
 @_user_errors
 @_cube_on_site
@@ -137,8 +137,6 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 
 
 @main.command()
-@cube_argument
-@site_option
 @json_option
 @_user_errors
 @_cube_on_site

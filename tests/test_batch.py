@@ -68,6 +68,19 @@ def journal_done(run_dir: Path) -> int:
     return sum('"done"' in line for line in path.read_text().splitlines()) if path.exists() else 0
 
 
+def start_driver(site: Path, cube: Path, **popen) -> subprocess.Popen:
+    """`submit` in the background, as a user's terminal or a batch job runs it."""
+    return subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site", str(site), str(cube)],
+                            cwd=cube.parent, **popen)
+
+
+def wait_until_done(driver: subprocess.Popen, run_dir: Path, chunks: int) -> None:
+    deadline = time.time() + 180
+    while journal_done(run_dir) < chunks:
+        assert driver.poll() is None and time.time() < deadline, "the run did not get going"
+        time.sleep(0.2)
+
+
 def single_worker_jobs(site: Path, tmp_path: Path) -> Path:
     """The same site with one worker per job, so a run has several jobs to lose."""
     copy = tmp_path / f"{site.stem}-1.toml"
@@ -120,13 +133,9 @@ def test_slurm_worker_job_cancelled_mid_run_is_replaced_and_the_cube_completes(w
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
     run_dir = tmp_path / "cube.hpcrun"
     site = single_worker_jobs(slurm, tmp_path) if workers_per_job == 1 else slurm
-    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site", str(site), str(cube)],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = start_driver(site, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 180
-        while journal_done(run_dir) < 3:
-            assert driver.poll() is None and time.time() < deadline, "the run did not get going"
-            time.sleep(0.2)
+        wait_until_done(driver, run_dir, 3)
         jobs = our_slurm_jobs()
         assert len(jobs) == 2 // workers_per_job
         subprocess.run(["scancel", jobs[0]], check=True)
@@ -146,14 +155,10 @@ def test_slurm_worker_job_cancelled_mid_run_is_replaced_and_the_cube_completes(w
 def test_slurm_interrupted_driver_leaves_no_job_in_the_queue(signum, slurm, tmp_path, ngc5921_ms):
     cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": -1}, {"channels_per_task": 1, "workers": 2})
     run_dir = tmp_path / "cube.hpcrun"
-    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site",
-                               str(single_worker_jobs(slurm, tmp_path)), str(cube)],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = start_driver(single_worker_jobs(slurm, tmp_path), cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
     try:
-        deadline = time.time() + 180
-        while journal_done(run_dir) < 1:
-            assert driver.poll() is None and time.time() < deadline, "the run did not get going"
-            time.sleep(0.2)
+        wait_until_done(driver, run_dir, 1)
         assert len(our_slurm_jobs()) == 2
         driver.send_signal(signum)
         _, stderr = driver.communicate(timeout=60)
@@ -170,13 +175,9 @@ def test_slurm_driver_sigkill_then_resume_submits_fresh_workers(slurm, tmp_path,
     tclean = {"nchan": 24}
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
     run_dir = tmp_path / "cube.hpcrun"
-    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", "--site", str(slurm), str(cube)],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = start_driver(slurm, cube, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 180
-        while journal_done(run_dir) < 3:
-            assert driver.poll() is None and time.time() < deadline, "the run did not get going"
-            time.sleep(0.2)
+        wait_until_done(driver, run_dir, 3)
         stale_jobs = set(our_slurm_jobs())
         driver.send_signal(signal.SIGKILL)
         driver.wait()
