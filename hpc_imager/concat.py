@@ -10,7 +10,7 @@ would pick from all channels.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -125,11 +125,7 @@ def _restore_with_common_beam(staged_name: str, tclean_params: dict) -> None:
 
     params = dict(tclean_params, imagename=staged_name, niter=0, calcres=False, calcpsf=False,
                   restoration=True, restart=True)
-    cwd = os.getcwd()
-    os.chdir(Path(staged_name).parent)
-    try:
+    with contextlib.chdir(Path(staged_name).parent):
         tclean(**params)
-    finally:
-        os.chdir(cwd)
     if not Path(f"{staged_name}.image").is_dir():
         raise ConcatError("restoration with the common beam made no .image (see the CASA log)")

@@ -7,6 +7,7 @@ complete. Afterwards CASA's resources are released so the next chunk starts from
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -109,15 +110,12 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
 
     _reset_peak_rss()
     started = time.time()
-    cwd = os.getcwd()
-    os.chdir(scratch)  # CASA drops temporary tables in the working directory
     try:
-        if _injected_fault(chunk, attempt):
-            raise ChunkFailed(f"{chunk.name}: fault injected by {FAULT_ENV} (attempt {attempt})")
-        params = dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides())
-        tclean(**params)
+        with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
+            if _injected_fault(chunk, attempt):
+                raise ChunkFailed(f"{chunk.name}: fault injected by {FAULT_ENV} (attempt {attempt})")
+            tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
     finally:
-        os.chdir(cwd)
         _release_casa()
     wall = time.time() - started
     peak = _peak_rss_bytes()

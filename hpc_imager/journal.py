@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -21,8 +21,7 @@ class RunDirectoryError(RuntimeError):
 @dataclass
 class ChunkRecord:
     attempts: int = 0
-    done: dict | None = None
-    errors: list[str] = field(default_factory=list)
+    done: dict | None = None  # the metrics of the attempt that finished it
 
 
 class Journal:
@@ -71,8 +70,6 @@ class Journal:
             record.attempts = max(record.attempts, event["attempt"])
         elif event["event"] == "done":
             record.done = event["metrics"]
-        elif event["event"] == "failed":
-            record.errors.append(event["error"])
 
     def _append(self, event: dict) -> None:
         event = dict(event, time=time.time())

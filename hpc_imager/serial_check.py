@@ -8,7 +8,7 @@ for every plane instead of hiding it (see docs/correctness.md).
 
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,8 @@ def compare_with_serial(tclean_params: dict, run_dir: Path) -> dict:
     serial_dir = Path(run_dir) / "serial"
     serial_dir.mkdir(parents=True, exist_ok=True)
     serial_name = str(serial_dir / "serial")
-    cwd = os.getcwd()
-    os.chdir(serial_dir)
-    try:
+    with contextlib.chdir(serial_dir):
         tclean(**dict(tclean_params, imagename=serial_name))
-    finally:
-        os.chdir(cwd)
     imagename = tclean_params["imagename"]
     result = {}
     for product in COMPARED:

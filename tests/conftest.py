@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,12 +49,8 @@ def serial_reference(tmp_path_factory, ngc5921_ms):
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         if key not in made:
             imagename = str(root / key)
-            cwd = os.getcwd()
-            os.chdir(root)
-            try:
+            with contextlib.chdir(root):
                 tclean(imagename=imagename, **params)
-            finally:
-                os.chdir(cwd)
             made[key] = imagename
         return made[key]
 
