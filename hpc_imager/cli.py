@@ -54,18 +54,6 @@ def _parallel_overrides(function):
     return function
 
 
-def _load(cube_toml: Path, overrides: dict) -> CubeSpec:
-    spec = load_cube_spec(cube_toml)
-    changed = {k: v for k, v in overrides.items() if v is not None}
-    if not changed:
-        return spec
-    try:
-        parallel = ParallelParams.model_validate(spec.parallel.model_dump() | changed)
-    except ValueError as error:
-        raise CubeSpecError(f"command-line [parallel] override: {str(error).splitlines()[2].strip()}") from None
-    return spec.model_copy(update={"parallel": parallel})
-
-
 site_option = click.option("--site", default="local", show_default=True,
                            help="Site profile: a name (see `sites list`) or a path to a site TOML.")
 cube_argument = click.argument("cube_toml", type=click.Path(path_type=Path))
@@ -84,7 +72,7 @@ def _cube_on_site(function):
         from .site_profile import load_site
 
         overrides = {name: kwargs.pop(name) for name in ParallelParams.model_fields}
-        spec = _load(cube_toml, overrides)
+        spec = load_cube_spec(cube_toml, {k: v for k, v in overrides.items() if v is not None})
         profile = load_site(site)
         casa_setup.configure_offline()
         return function(spec, profile, **kwargs)

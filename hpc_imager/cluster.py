@@ -153,10 +153,9 @@ class LostJobs:
         self.seen: set[str] = set()  # jobs whose workers have connected at some point
 
     def __call__(self) -> None:
-        connected = [str(w["name"]) for w in self.cluster.scheduler_info.get("workers", {}).values()]
+        connected = _worker_names(self.cluster.scheduler_info)
         for name in list(self.cluster.workers):
-            alive = any(w == str(name) or w.startswith(f"{name}-") for w in connected)
-            if alive:
+            if _has_worker(name, connected):
                 self.seen.add(str(name))
             elif str(name) in self.seen:
                 self.seen.discard(str(name))
@@ -178,10 +177,19 @@ def job_counts(client) -> dict[str, int] | None:
     cluster = getattr(client, "cluster", None)
     if not hasattr(cluster, "job_cls"):
         return None
-    connected = [str(w["name"]) for w in client.scheduler_info()["workers"].values()]
-    jobs = [str(name) for name in list(cluster.workers)]
-    running = sum(any(w == job or w.startswith(f"{job}-") for w in connected) for job in jobs)
+    connected = _worker_names(client.scheduler_info())
+    jobs = list(cluster.workers)
+    running = sum(_has_worker(job, connected) for job in jobs)
     return {"pending": len(jobs) - running, "running": running}
+
+
+def _worker_names(scheduler_info: dict) -> list[str]:
+    return [str(w["name"]) for w in scheduler_info.get("workers", {}).values()]
+
+
+def _has_worker(job, connected: list[str]) -> bool:
+    """A job's workers are named after it: the job's name, or ``name-0``, ``name-1``... with several."""
+    return any(w == str(job) or w.startswith(f"{job}-") for w in connected)
 
 
 @contextlib.contextmanager

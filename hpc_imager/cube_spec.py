@@ -279,8 +279,9 @@ def parse_cube_spec(data: dict, base: Path) -> CubeSpec:
         raise CubeSpecError(_first_error(error)) from None
 
 
-def load_cube_spec(path: Path) -> CubeSpec:
-    """Read and validate cube.toml; every problem is a one-line :class:`CubeSpecError`."""
+def load_cube_spec(path: Path, parallel_overrides: dict | None = None) -> CubeSpec:
+    """Read and validate cube.toml, with [parallel] values from the command line over the file's;
+    every problem is a one-line :class:`CubeSpecError`."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -288,4 +289,6 @@ def load_cube_spec(path: Path) -> CubeSpec:
         raise CubeSpecError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as error:
         raise CubeSpecError(f"{path}: not valid TOML: {error}") from None
+    if parallel_overrides:
+        data["parallel"] = {**data.get("parallel", {}), **parallel_overrides}
     return parse_cube_spec(data, path.resolve().parent)

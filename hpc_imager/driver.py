@@ -74,9 +74,9 @@ def image_cube(
     casa_setup.configure_offline()
     run_dir = spec.run_directory.resolve()
     imagename = spec.tclean.imagename
-    if not resume and final_products(imagename):
-        existing = ", ".join(str(p) for p in final_products(imagename))
-        raise RunDirectoryError(f"will not overwrite {existing}: remove it or choose another imagename")
+    existing = final_products(imagename)
+    if existing and not resume:
+        raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
 
     grid = resolve_grid(spec.tclean)
     chunks = grid.chunks(spec.parallel.channels_per_task)
@@ -123,7 +123,7 @@ def image_cube(
         "plan": plan.as_dict(),
         "memory_retries": [p.as_dict() for p in passes.plans[1:]],
         "imaging_seconds": time.time() - started,
-        "chunk_metrics": [journal.record(c.index).done for c in chunks if journal.record(c.index).done],
+        "chunk_metrics": [record.done for record in (journal.record(c.index) for c in chunks) if record.done],
         "failures": passes.failures,
     }
     if lost:

@@ -77,6 +77,11 @@ def test_cli_reports_a_bad_cube_in_one_line_with_exit_2(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "tclean.specmode" in result.stderr
 
+    cube.write_text('[tclean]\nvis = "x.ms"\nimagename = "c"\n[parallel]\nworkers = 2\n')
+    override = run_cli("estimate", cube, "--workers", "0", check=False)
+    assert override.returncode == 2
+    assert override.stderr.strip() == "hpc_imager: error: parallel.workers: Input should be greater than or equal to 1"
+
     missing = run_cli("submit", tmp_path / "nope.toml", check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
