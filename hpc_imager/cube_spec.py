@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from . import shell_safety
+
 Float = Union[StrictFloat, StrictInt]
 Paths = Union[StrictStr, list[StrictStr]]
 StrOrList = Union[StrictStr, list[StrictStr]]
@@ -160,7 +162,12 @@ class _TcleanChecks(BaseModel):
     def _imagename_given(cls, value):
         if not value:
             raise ValueError("imagename must name the output images")
-        return value
+        return shell_safety.path(value)  # the run directory and job log paths are made from it
+
+    @field_validator("vis", check_fields=False)
+    @classmethod
+    def _vis_is_a_plain_path(cls, value):
+        return [shell_safety.path(v) for v in value] if isinstance(value, list) else shell_safety.path(value)
 
     @model_validator(mode="after")
     def _parallel_safe(self):
@@ -210,6 +217,11 @@ class RunParams(BaseModel):
     directory: Annotated[Optional[str], Field(description="Run directory; default: '<imagename>.hpcrun'. Relative to cube.toml.")] = None
     keep_parts: Annotated[bool, Field(description="Keep the per-chunk images after the final cubes are assembled.")] = False
     allow_blank_channels: Annotated[bool, Field(description="Image output channels that lie outside the selected data (tclean makes them blank planes) instead of refusing the cube.")] = False
+
+    @field_validator("directory")
+    @classmethod
+    def _plain_path(cls, value):
+        return value if value is None else shell_safety.path(value)  # job log directives are made from it
 
 
 class CubeSpec(BaseModel):

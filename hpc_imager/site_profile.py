@@ -18,6 +18,8 @@ import psutil
 from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import shell_safety
+
 SITE_DIRS_ENV = "HPC_IMAGER_SITE_DIRS"
 BUILTIN_SITES = Path(__file__).with_name("site_profiles")
 
@@ -88,7 +90,7 @@ class SiteProfile(BaseModel):
     max_jobs: Annotated[int, Field(ge=1, description="Most jobs one run may have queued or running at once.")] = 100
     worker_wait: Annotated[str, Field(description="How long to wait for the first worker (queue time) before giving up.")] = "04:00:00"
     job_directives: Annotated[list[str], Field(description="Extra scheduler directives, e.g. '--constraint=ib' (without '#SBATCH').")] = []
-    prologue: Annotated[list[str], Field(description="Shell lines run before each worker starts: module loads, environment.")] = []
+    prologue: Annotated[list[str], Field(description="Shell lines run before each worker (and the driver job) starts: module loads, environment. Each is shell as written, so each must be one line (no newline, carriage return or NUL).")] = []
     python: Annotated[Optional[str], Field(description="The python that workers run (default: the driver's).")] = None
     interface: Annotated[Optional[str], Field(description="Network interface the dask scheduler and workers talk on, e.g. 'ib0'.")] = None
     local_scratch: Annotated[Optional[str], Field(description="Node-local scratch directory for workers, e.g. '$TMPDIR' or '/lustre/scratch/$USER'.")] = None
@@ -101,6 +103,32 @@ class SiteProfile(BaseModel):
         classmethod(lambda cls, v: _bytes(v)))
     _check_walltime = field_validator("walltime_default", "walltime_max", "worker_wait")(
         classmethod(lambda cls, v: _walltime(v)))
+
+    # What reaches a job script or a command line (see shell_safety for where and why).
+    @field_validator("name", "queue", "account", "interface", "sge_parallel_environment")
+    @classmethod
+    def _one_word(cls, value):
+        return value if value in (None, "") else shell_safety.name(value)
+
+    @field_validator("python", "casa_data", "shared_directory")
+    @classmethod
+    def _plain_path(cls, value):
+        return value if value is None else shell_safety.path(value)
+
+    @field_validator("local_scratch")
+    @classmethod
+    def _path_with_variables(cls, value):
+        return value if value is None else shell_safety.path(value, variables=True)
+
+    @field_validator("job_directives")
+    @classmethod
+    def _directives(cls, value):
+        return [shell_safety.directive(line) for line in value]
+
+    @field_validator("prologue")
+    @classmethod
+    def _prologue(cls, value):
+        return [shell_safety.shell_line(line) for line in value]
 
     @field_validator("node_memory")
     @classmethod
