@@ -24,6 +24,7 @@ SITE_DIRS_ENV = "HPC_IMAGER_SITE_DIRS"
 BUILTIN_SITES = Path(__file__).with_name("site_profiles")
 
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]*:\d{1,5}$")
 
 
 class SiteError(ValueError):
@@ -96,6 +97,8 @@ class SiteProfile(BaseModel):
     local_scratch: Annotated[Optional[str], Field(description="Node-local scratch directory for workers, e.g. '$TMPDIR' or '/lustre/scratch/$USER'.")] = None
     shared_directory: Annotated[Optional[str], Field(description="Run directories must be under this shared file system (workers write there).")] = None
     casa_data: Annotated[Optional[str], Field(description="CASA measures data on the nodes (default: the casadata package's).")] = None
+    tls: Annotated[bool, Field(description="Batch sites: the scheduler, workers and client talk TLS with a certificate made for each run (its key owner-only in the run directory, removed when the run ends). Turn it off only with the reason in a comment beside it.")] = True
+    dashboard_address: Annotated[str, Field(description="Where the dask dashboard listens, 'host:port' (port 0: any free port). Loopback by default: the driver prints the `ssh -L` line that reaches it from a laptop.")] = "127.0.0.1:0"
     sge_parallel_environment: Annotated[str, Field(description="SGE parallel environment that gives a job several slots on one node.")] = "smp"
     calibration: Annotated[list[Calibration], Field(description="Memory and time models fitted by `hpc_imager calibrate`.")] = []
 
@@ -129,6 +132,13 @@ class SiteProfile(BaseModel):
     @classmethod
     def _prologue(cls, value):
         return [shell_safety.shell_line(line) for line in value]
+
+    @field_validator("dashboard_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if not _HOST_PORT.match(value):
+            raise ValueError(f"not an address like '127.0.0.1:0' or ':8787': {value!r}")
+        return value
 
     @field_validator("node_memory")
     @classmethod
