@@ -56,14 +56,24 @@ def forget_worker_certificates(cluster) -> None:
                 handle.close()
 
 
-def dashboard_hint(dashboard_link: str) -> str:
-    """The dashboard's address and, when it listens on loopback, how to reach it from a laptop."""
+def dashboard_hint(dashboard_link: str, listen_address: str) -> str:
+    """The dashboard's address and, when it listens on loopback, how to reach it from a laptop.
+
+    distributed's ``dashboard_link`` names the scheduler's host even when the dashboard listens on
+    127.0.0.1 only; the link printed here names where it really listens.
+    """
     from urllib.parse import urlsplit
 
-    where = urlsplit(dashboard_link)
-    if where.hostname not in ("127.0.0.1", "localhost", "::1") or where.port is None:
+    link = urlsplit(dashboard_link)
+    host = listen_address.rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost") or link.port is None:
         return f"dashboard {dashboard_link}"
-    host = socket.getfqdn()
-    return (f"dashboard {dashboard_link} (this machine only; from your laptop: "
-            f"ssh -L {where.port}:127.0.0.1:{where.port} {getpass.getuser()}@{host} "
-            f"and open http://localhost:{where.port}{where.path or '/status'})")
+    port, path = link.port, link.path or "/status"
+    return (f"dashboard http://127.0.0.1:{port}{path} (this machine only; from your laptop: "
+            f"ssh -L {port}:127.0.0.1:{port} {getpass.getuser()}@{_login_host()} "
+            f"then open http://localhost:{port}{path})")
+
+
+def _login_host() -> str:
+    name = socket.getfqdn()
+    return socket.gethostname() if name.startswith("localhost") else name
