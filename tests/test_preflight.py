@@ -99,3 +99,25 @@ def test_an_error_inside_casa_names_the_chunk_its_channels_and_casas_message(ngc
     errors = {f["chunk"]: f["error"] for f in report["failures"]}
     assert "chunk-00001 (channels 2-3)" in errors[1] and casa_says in errors[1]
     assert report["status"] == "incomplete" and report["missing_channels"] == [0, 1, 2, 3]
+
+
+@pytest.mark.casa
+@pytest.mark.parametrize("command", ["submit", "plan", "estimate"])
+@pytest.mark.parametrize("tclean, named", [
+    ({"vis": "nowhere.ms"}, "vis: "),
+    ({"field": "NGC9999"}, "field='NGC9999': "),
+    ({"cell": ["15arcsex"]}, "cell: '15arcsex' is not an angle"),
+    ({"start": 60, "nchan": 10}, "[run] allow_blank_channels = true"),
+])
+def test_preflight_runs_before_any_worker_through_the_cli(ngc5921_ms, tmp_path, command, tclean, named):
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {**SMALL, **tclean}, {"channels_per_task": 2})
+    if "vis" in tclean:
+        text = cube.read_text().replace('vis = "ngc5921.ms"\n', "")
+        cube.write_text(text)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli(command, "--site", "local", cube, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpc_imager: error: ") and named in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no run directory, no output"
