@@ -21,10 +21,11 @@ pytestmark = [pytest.mark.casa, pytest.mark.slurm]
 
 
 def scheduler_address(run_dir: Path) -> str:
-    log = (run_dir / "logs" / "driver.dask.log").read_text()
-    found = re.findall(r"Scheduler at:\s+(\S+)", log)
-    assert found, "the driver's dask log names its scheduler"
-    return found[-1]
+    """From the worker jobs' logs: the address every worker connected to."""
+    logs = "".join(p.read_text() for p in (run_dir / "logs" / "jobs").glob("*.err"))
+    found = set(re.findall(r"Waiting to connect to:\s+(\S+)", logs))
+    assert len(found) == 1, f"the workers name one scheduler: {found}"
+    return found.pop()
 
 
 def wait_for_chunks(driver: subprocess.Popen, run_dir: Path, chunks: int) -> None:
@@ -81,12 +82,12 @@ def test_slurm_run_over_tls_refuses_clients_without_the_runs_certificate(slurm, 
     assert driver.returncode == 0, stderr
     assert no_certificate and another_run and plain_tcp, (no_certificate, another_run, plain_tcp)
     assert "TLS certificate does not match" in another_run
-    scheduler_port = int(address.rsplit(":", 1)[1])
-    exposed = [a for a in listening if a.port != scheduler_port and a.ip not in ("127.0.0.1", "::1")]
-    assert not exposed, f"only the scheduler may listen beyond loopback: {exposed}"
-    assert re.search(r"dashboard http://127\.0\.0\.1:(\d+)/status .*ssh -L (\d+):127\.0\.0\.1:\2 \S+@\S+", stderr)
-    workers = "".join(p.read_text() for p in (run_dir / "logs" / "jobs").glob("*.err"))
-    assert "Registered to:" in workers and "tls://" in workers and "tcp://" not in workers
+    hint = re.search(r"dashboard http://127\.0\.0\.1:(\d+)/status .*ssh -L (\d+):127\.0\.0\.1:\2 \S+@\S+", stderr)
+    assert hint and hint[1] == hint[2], stderr
+    dashboard = {a.ip for a in listening if a.port == int(hint[1])}
+    assert dashboard == {"127.0.0.1"}, f"the dashboard listens on loopback only: {dashboard}"
+    workers = "".join(p.read_text() for p in [*(run_dir / "logs" / "jobs").glob("*.err"), *(run_dir / "logs").glob("worker-*.log")])
+    assert "Start worker at:      tls://" in workers and "tcp://" not in workers
     assert not (run_dir / "tls").exists(), "the run's certificates are gone when it ends"
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
     assert not our_jobs_in_queue(run_dir)
