@@ -19,6 +19,7 @@ from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import shell_safety
+from .errors import UserError
 
 SITE_DIRS_ENV = "HPC_IMAGER_SITE_DIRS"
 BUILTIN_SITES = Path(__file__).with_name("site_profiles")
@@ -27,7 +28,7 @@ _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]*:\d{1,5}$")
 
 
-class SiteError(ValueError):
+class SiteError(UserError):
     """A site that cannot be found or is not valid; the message is one line."""
 
 
