@@ -104,7 +104,9 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
 def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
     """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
     from .estimate import estimate_task, mosaic_fields
+    from .preflight import check_cube
 
+    check_cube(spec)  # an estimate for a cube tclean would reject is no use
     result = estimate_task(spec, profile, mosaic_fields(spec))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -121,11 +123,11 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
-    from .channel_grid import resolve_grid
     from .estimate import estimate_task, mosaic_fields
     from .plan import make_plan
+    from .preflight import check_cube
 
-    chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
+    chunks = check_cube(spec).chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:

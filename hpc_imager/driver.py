@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import casa_setup
 from .backends import backend_for
 from .backends.base import Backend
-from .channel_grid import ChannelGrid, Chunk, resolve_grid
+from .channel_grid import ChannelGrid, Chunk
 from .concat import assemble, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .decisions import Next, after_failure, ran_out_of_memory
@@ -32,6 +32,8 @@ from .imaging_task import image_chunk, part_path
 from .journal import Journal, RunDirectoryError
 from .logs import send_dask_logs_to
 from .plan import Plan, PlanRefused, make_plan
+from .preflight import check_cube
+from .run_security import dashboard_hint
 from .site_profile import SiteProfile, walltime_seconds
 from .worker_plugin import PrepareWorker
 
@@ -106,7 +108,7 @@ def image_cube(
     if existing and not resume:
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
 
-    grid = resolve_grid(spec.tclean)
+    grid = check_cube(spec)  # before any worker starts: every mistake tclean would make is one line now
     chunks = grid.chunks(spec.parallel.channels_per_task)
     plan = make_plan(spec, site, estimate_task(spec, site, mosaic_fields(spec)), len(chunks))
     identity = {
@@ -157,10 +159,12 @@ def image_cube(
     if lost:
         report["missing_channels"] = [ch for c in lost for ch in c.channels]
         _write_report(run_dir, report)
+        last_error = next((f["error"] for f in reversed(passes.failures) if f["chunk"] == lost[0].index), "")
         raise RunIncomplete(
             f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
             f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
             + passes.memory_note
+            + (f"; {lost[0].name} (channels {_channel_ranges(lost[:1])}) last failed with {last_error}" if last_error else "")
         )
     report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis)
     report["wall_seconds"] = time.time() - started
@@ -212,7 +216,7 @@ def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk]) -> Passes:
         run.console.print(f"hpc_imager: {plan.summary()}")
         with run.backend.cluster(plan, run.site, run.run_dir) as client:
             client.register_plugin(PrepareWorker(str(run.run_dir)))
-            run.console.print(f"hpc_imager: dashboard {client.dashboard_link}")
+            run.console.print(f"hpc_imager: {dashboard_hint(client.dashboard_link, run.site.dashboard_address)}")
             _wait_for_first_worker(run, client)
             outcome = _run_chunks(run, client, plan, todo)
         passes.lost += outcome.lost
@@ -279,7 +283,8 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk]) -> Outco
             except Exception as error:  # any failure of the task or its worker: decide what next
                 message = f"{type(error).__name__}: {error}"
                 journal.failed(chunk.index, attempt, message)
-                outcome.failures.append({"chunk": chunk.index, "attempt": attempt, "error": message})
+                outcome.failures.append({"chunk": chunk.index, "channels": _channel_ranges([chunk]), "attempt": attempt,
+                                         "error": message})
                 progress.console.print(f"hpc_imager: {chunk.name} (channels {_channel_ranges([chunk])}) failed"
                                        f" on attempt {attempt}: {message}")
                 out_of_memory = ran_out_of_memory(type(error).__name__, str(error), run.log_texts(),

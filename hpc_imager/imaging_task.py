@@ -30,12 +30,7 @@ FAULT_ENV = "HPC_IMAGER_FAIL_CHUNKS"
 
 
 class ChunkFailed(RuntimeError):
-    """tclean failed on a chunk; the message names the chunk, its channels and CASA's own first line."""
-
-
-def _chunk_label(chunk: Chunk) -> str:
-    last = chunk.channels[-1]
-    return f"{chunk.name} (channels {chunk.first}-{last})" if last > chunk.first else f"{chunk.name} (channel {last})"
+    """tclean failed on a chunk; the message is CASA's own first line (the driver names the chunk and its channels)."""
 
 
 def _first_severe(casa_log: Path) -> str:
@@ -135,7 +130,7 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
             except MemoryError:
                 raise  # the driver retries it with more memory
             except Exception as error:  # CASA's exceptions carry its log prefix and several lines
-                raise ChunkFailed(f"{_chunk_label(chunk)}: tclean failed: {casa_message(error)}") from None
+                raise ChunkFailed(f"tclean failed: {casa_message(error)}") from None
     finally:
         _release_casa()
     wall = time.time() - started
@@ -144,7 +139,7 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
     missing = [p for p in REQUIRED_PRODUCTS if not (scratch / f"part.{p}").is_dir()]
     if missing:
         severe = _first_severe(Path(casalog.logfile()))
-        raise ChunkFailed(f"{_chunk_label(chunk)}: tclean left no {', '.join('.' + p for p in missing)}"
+        raise ChunkFailed(f"tclean left no {', '.join('.' + p for p in missing)}"
                           + (f": {severe}" if severe else f" (see {casalog.logfile()})"))
     if chunk.guard:
         _trim_guard_channels(scratch, chunk.nchan)

@@ -134,6 +134,9 @@ def test_golden_scripts_carry_the_plan():
     assert "#SBATCH --mem=52736M" in slurm  # 12 workers × 4.25 GiB + 0.5 GiB
     assert "--memory-limit 4.25GiB --nworkers 12" in slurm and "#SBATCH -t 06:00:00" in slurm
     assert "#SBATCH --comment=golden" in slurm and "module load casa-deps" in slurm
+    # TLS by default: the worker talks tls:// with the run's certificate files from the run directory
+    assert "dask_worker tls://<scheduler-address>:<port>" in slurm and "--protocol tls://" in slurm
+    assert "--tls-key /shared/run/tls/.dask-jobqueue.worker.key.<random>" in slurm
     # workers retire 10 min before the 6 h walltime, staggered by 5 min, and are replaced
     assert "--lifetime 21000s --lifetime-stagger 300s" in slurm
     assert "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in slurm
