@@ -93,27 +93,30 @@ def test_an_error_inside_casa_names_the_chunk_its_channels_and_casas_message(ngc
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     casa_says = 'tclean failed: Error in QuantumHolder::fromString with input string "bogus"'
-    failed = [line for line in result.stderr.splitlines() if "chunk-00000 (channels 0-1)" in line]
+    failed = [line for line in result.stderr.splitlines() if "chunk-00000 (channels 0-1) failed on attempt 1" in line]
     assert failed and casa_says in failed[0], result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hpc_imager: error: channels 0-1, 2-3 failed every try") and casa_says in last, last
     report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
-    errors = {f["chunk"]: f["error"] for f in report["failures"]}
-    assert "chunk-00001 (channels 2-3)" in errors[1] and casa_says in errors[1]
+    failures = {f["chunk"]: f for f in report["failures"]}
+    assert failures[1]["channels"] == "2-3" and casa_says in failures[1]["error"]
     assert report["status"] == "incomplete" and report["missing_channels"] == [0, 1, 2, 3]
 
 
 @pytest.mark.casa
 @pytest.mark.parametrize("command", ["submit", "plan", "estimate"])
 @pytest.mark.parametrize("tclean, named", [
-    ({"vis": "nowhere.ms"}, "vis: "),
+    ({"vis": "nowhere.ms"}, "nowhere.ms: no such MeasurementSet"),
     ({"field": "NGC9999"}, "field='NGC9999': "),
     ({"cell": ["15arcsex"]}, "cell: '15arcsex' is not an angle"),
     ({"start": 60, "nchan": 10}, "[run] allow_blank_channels = true"),
 ])
 def test_preflight_runs_before_any_worker_through_the_cli(ngc5921_ms, tmp_path, command, tclean, named):
+    tclean = dict(tclean)
+    vis = tclean.pop("vis", None)
     cube = write_cube_toml(tmp_path, ngc5921_ms, {**SMALL, **tclean}, {"channels_per_task": 2})
-    if "vis" in tclean:
-        text = cube.read_text().replace('vis = "ngc5921.ms"\n', "")
-        cube.write_text(text)
+    if vis:
+        cube.write_text(cube.read_text().replace('vis = "ngc5921.ms"', f'vis = "{vis}"'))
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_cli(command, "--site", "local", cube, cwd=tmp_path, check=False)
     assert result.returncode == 2, result.stderr
