@@ -3,6 +3,7 @@ the field, exit status 2, no traceback, nothing written."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from hpc_imager import shell_safety
-from hpc_imager.site_profile import parse_site
+from hpc_imager.site_profile import SiteError, parse_site
 
 CI_SLURM = (Path(__file__).with_name("sites") / "ci-slurm.toml").read_text()
 
@@ -121,3 +122,10 @@ def test_variables_only_where_a_job_shell_expands_them():
         shell_safety.path("$(id)/dask", variables=True)
     with pytest.raises(ValueError):
         shell_safety.path("${HOME", variables=True)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:8787; id", "localhost", "127.0.0.1:$(id)", "[::]:80\n"])
+def test_dashboard_address_is_host_and_port(address):
+    with pytest.raises(SiteError, match="dashboard_address: "):
+        parse_site(site_with(f"dashboard_address = {json.dumps(address)}"), "x", "x.toml")
+    assert parse_site(site_with('dashboard_address = ":8787"'), "x", "x.toml").dashboard_address == ":8787"
