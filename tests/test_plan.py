@@ -104,6 +104,13 @@ def test_rendered_job_script_matches_golden(scheduler, policy):
     assert_matches_golden(script, golden.read_text())
 
 
+def test_a_site_that_turns_tls_off_renders_plain_tcp():
+    profile = site("slurm", "shared", tls=False)
+    script = backend_for(profile).job_script(make_plan(spec(workers=12), profile, task(3.0), chunks=100), profile,
+                                             Path("/shared/run"))
+    assert "dask_worker tcp://<scheduler-address>:<port>" in script and "--tls-" not in script
+
+
 def _lines(script: str) -> list[str]:
     return [line.rstrip() for line in script.splitlines() if line.strip()]
 
