@@ -263,9 +263,9 @@ def _check_channels_within_data(tclean: TcleanParams, grid: ChannelGrid) -> None
     """Output channels whose centre lies outside the selected data would be blank planes.
 
     The data's range is what tclean images with nchan=-1 and the default start and width: the
-    selected channels in the cube's own frame, from the same CASA code that makes the grid. A start
-    below the data is moved up to the data by CASA (serial tclean does the same), so only channels
-    past the end of the data can fall outside.
+    selected channels in the cube's own frame, from the same CASA code that makes the grid. Channels
+    below a channel selection (``spw='0:10~20'`` with ``start=5``) and past the end are caught here; a
+    start outside the whole window, which CASA moves silently, by :func:`_check_start_within_data`.
     """
     if not grid.frequencies:
         return
