@@ -76,9 +76,12 @@ def _check(spec: CubeSpec) -> ChannelGrid:
     if tclean.selectdata:
         _check_selection(tclean, vis)
     grid = _resolve(tclean)
-    if not spec.run.allow_blank_channels:
-        _check_start_within_data(tclean, grid, vis[0])
-        _check_channels_within_data(tclean, grid)
+    if not spec.run.allow_blank_channels and grid.frequencies:
+        # The data's range is what tclean images with nchan=-1 and the default start and width: the
+        # selected channels in the cube's own frame, from the same CASA code that makes the grid.
+        data_axis, data_nchan = spectral_axis(tclean.model_copy(update={"start": "", "width": "", "nchan": -1}))
+        _check_start_within_data(tclean, grid, vis[0], data_axis)
+        _check_channels_within_data(tclean, grid, channel_frequencies(data_axis, data_nchan))
     return grid
 
 
@@ -227,12 +230,13 @@ def _resolve(tclean: TcleanParams) -> ChannelGrid:
         raise CubeSpecError(f"{keyword or 'tclean'}: CASA rejects the cube: {message}") from None
 
 
-def _check_start_within_data(tclean: TcleanParams, grid: ChannelGrid, first_vis: str) -> None:
+def _check_start_within_data(tclean: TcleanParams, grid: ChannelGrid, first_vis: str, data_axis: dict) -> None:
     """A start outside the data is silently moved by CASA (measured on NGC5921: start=80 of 63
-    channels and start='1.3GHz' both begin the cube at the data's first channel, start='1.5GHz' one
-    channel past its last), so the cube would not be the one asked for."""
+    channels, start='1.3GHz' and start='3000km/s' all begin the cube inside the data, start='1.5GHz'
+    one channel past its end), so the cube would not be the one asked for."""
     from casatools import msmetadata, quanta
 
+    qa = quanta()
     if grid.kind == "channel" and isinstance(tclean.start, int):
         md = msmetadata()
         md.open(first_vis)
@@ -244,12 +248,29 @@ def _check_start_within_data(tclean: TcleanParams, grid: ChannelGrid, first_vis:
         if not 0 <= tclean.start < channels:
             raise CubeSpecError(f"start={tclean.start}: the selected data have channels 0-{channels - 1}; CASA would "
                                 "silently start the cube elsewhere")
-    elif grid.kind == "frequency" and isinstance(tclean.start, str) and tclean.start and grid.frequencies:
-        asked = quanta().convert(quanta().quantity(tclean.start), "Hz")["value"]
-        step = abs(grid.frequencies[1] - grid.frequencies[0]) if len(grid.frequencies) > 1 else abs(grid.width)
-        if abs(asked - grid.frequencies[0]) > step / 2:
-            raise CubeSpecError(f"start={tclean.start!r} lies outside the selected data: CASA would silently start the "
-                                f"cube at {grid.frequencies[0] / 1e9:.6f} GHz {grid.frame} instead")
+        return
+    if grid.kind == "frequency" and isinstance(tclean.start, str) and tclean.start:
+        asked = qa.convert(qa.quantity(tclean.start), "Hz")["value"]
+    elif grid.kind == "velocity" and _rest_frequency(tclean, data_axis):
+        rest, c = _rest_frequency(tclean, data_axis), qa.constants("c")["value"] / 1e3  # km/s
+        v = qa.convert(qa.quantity(tclean.start), "km/s")["value"]
+        asked = rest / (1 + v / c) if tclean.veltype.lower() == "optical" else rest * (1 - v / c)
+    else:
+        return
+    step = abs(grid.frequencies[1] - grid.frequencies[0]) if len(grid.frequencies) > 1 else 0.0
+    if abs(asked - grid.frequencies[0]) > max(step / 2, 1e-9 * asked):
+        raise CubeSpecError(f"start={tclean.start!r} lies outside the selected data: CASA would silently start the "
+                            f"cube at {grid.frequencies[0] / 1e9:.6f} GHz {grid.frame} instead")
+
+
+def _rest_frequency(tclean: TcleanParams, data_axis: dict) -> float:
+    """The rest frequency (Hz) velocities refer to: tclean's restfreq, else the data's."""
+    from casatools import quanta
+
+    given = tclean.restfreq[0] if isinstance(tclean.restfreq, list) and tclean.restfreq else tclean.restfreq
+    if given:
+        return quanta().convert(quanta().quantity(given), "Hz")["value"]
+    return float(data_axis.get("restfreq", 0.0))
 
 
 def _selected_spws(tclean: TcleanParams, path: str) -> list[int]:
@@ -259,28 +280,20 @@ def _selected_spws(tclean: TcleanParams, path: str) -> list[int]:
     return [int(i) for i in ms().msseltoindex(vis=path, spw=str(spw))["spw"]] if spw else []
 
 
-def _check_channels_within_data(tclean: TcleanParams, grid: ChannelGrid) -> None:
-    """Output channels whose centre lies outside the selected data would be blank planes.
-
-    The data's range is what tclean images with nchan=-1 and the default start and width: the
-    selected channels in the cube's own frame, from the same CASA code that makes the grid. Channels
-    below a channel selection (``spw='0:10~20'`` with ``start=5``) and past the end are caught here; a
-    start outside the whole window, which CASA moves silently, by :func:`_check_start_within_data`.
-    """
-    if not grid.frequencies:
-        return
-    data_spectral, data_nchan = spectral_axis(tclean.model_copy(update={"start": "", "width": "", "nchan": -1}))
-    data = channel_frequencies(data_spectral, data_nchan)
+def _check_channels_within_data(tclean: TcleanParams, grid: ChannelGrid, data: tuple[float, ...]) -> None:
+    """Output channels whose centre lies outside the selected data (``data``: its channels' centre
+    frequencies in the cube's frame) would be blank planes. Channels below a channel selection
+    (``spw='0:10~20'`` with ``start=5``) and past the end are caught here; a start outside the whole
+    window, which CASA moves silently, by :func:`_check_start_within_data`."""
     half_channel = abs(data[1] - data[0]) / 2 if len(data) > 1 else 0.0
     low, high = min(data) - half_channel, max(data) + half_channel
     slack = 1e-6 * max(half_channel, 1.0)
     outside = [i for i, f in enumerate(grid.frequencies) if not low - slack <= f <= high + slack]
     if not outside:
         return
-    ranges = _ranges(outside)
     raise CubeSpecError(
-        f"start={tclean.start!r}, width={tclean.width!r}, nchan={tclean.nchan}: output channel(s) {ranges} of "
-        f"{grid.nchan} lie outside the selected data ({data_nchan} channels, {low / 1e9:.6f}-{high / 1e9:.6f} GHz "
+        f"start={tclean.start!r}, width={tclean.width!r}, nchan={tclean.nchan}: output channel(s) {_ranges(outside)} "
+        f"of {grid.nchan} lie outside the selected data ({len(data)} channels, {low / 1e9:.6f}-{high / 1e9:.6f} GHz "
         f"{grid.frame}) and tclean would make them blank planes; change start/nchan, or set "
         f"[run] allow_blank_channels = true to image them anyway"
     )

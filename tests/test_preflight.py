@@ -50,6 +50,7 @@ def spec_for(ms: Path, **tclean):
     ({"spw": "0:10~20", "start": 5, "nchan": 20}, "output channel(s) 0-4, 16-19 of 20 lie outside the selected data (11 channels"),
     ({"start": "1500km/s", "width": "10km/s", "nchan": 20}, "output channel(s) 14-19 of 20 lie outside"),
     ({"start": 80, "nchan": 10}, "start=80: the selected data have channels 0-62"),
+    ({"start": "3000km/s", "width": "10km/s", "nchan": 10}, "start='3000km/s' lies outside the selected data: CASA would silently start the cube at 1.412866 GHz"),
     ({"start": "1.3GHz", "nchan": 10}, "start='1.3GHz' lies outside the selected data: CASA would silently start the cube at 1.412665 GHz"),
 ])
 def test_a_cube_tclean_would_reject_is_one_line_naming_the_keyword(ngc5921_ms, tmp_path, tclean, message):
@@ -81,6 +82,9 @@ def test_blank_channels_are_imaged_when_asked_and_the_grid_is_handed_on(ngc5921_
     assert len(grid.frequencies) == 10 and grid.frequencies[1] - grid.frequencies[0] == pytest.approx(24414.0625)
     whole = check_cube(spec_for(ngc5921_ms))
     assert whole.nchan == 63 and whole.kind == "frequency"
+    optical = check_cube(spec_for(ngc5921_ms, start="1550km/s", width="-10.3km/s", nchan=12, veltype="optical",
+                                  restfreq=["1420.405752MHz"], outframe="BARY"))
+    assert (optical.nchan, optical.kind, optical.linear) == (12, "velocity", False)
 
 
 @pytest.mark.casa
