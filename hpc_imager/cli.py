@@ -167,6 +167,9 @@ def calibrate(cube_toml: Path, site: str, sizes: str | None, write: bool, as_jso
     except ValueError:
         raise CubeSpecError(f"--sizes: expected side x channels like 256x4,512x4, got {sizes!r}") from None
     casa_setup.configure_offline()
+    from .preflight import check_cube
+
+    check_cube(spec)  # before the site's workers are asked for
     work_dir = spec.run_directory.with_name(spec.run_directory.name + ".calibration")
     try:
         samples = measure(spec, profile, samples_wanted, work_dir)
