@@ -18,7 +18,6 @@ them, and :meth:`CubeIteration.replay` rebuilds the controller's exact state on 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .channel_grid import Chunk
+from .errors import UserError
 
 # The stop codes' meanings, as imager_base.PySynthesisImager.getStopDescription gives them.
 STOP_REASONS = {
@@ -44,19 +44,6 @@ STOP_REASONS = {
 # Rows of a minor-cycle summary (SIMinorCycleController): 0 the plane's iterations, 5 its channel,
 # with fullsummary 7 iterations done when the cycle started, 8 when the plane started.
 _ITERS_END, _CHANNEL, _CYCLE_START, _PLANE_START = 0, 5, 7, 8
-
-
-def refusal(tclean: dict, chunks: list[Chunk]) -> str | None:
-    """Why whole-cube iteration cannot reproduce serial tclean for this cube, or None."""
-    if tclean["usemask"] == "auto-multithresh":
-        return ("usemask='auto-multithresh' keeps per-channel state between cycles in serial tclean's"
-                " deconvolver that a chunk's tools cannot be given; use [parallel] iteration = 'per-chunk'"
-                " (each chunk automasked on its own) or channels_per_task >= nchan")
-    if any(c.guard for c in chunks):
-        return ("a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
-                " cleaning would join the cube's iteration control; choose channels_per_task >= 2 so no"
-                " chunk has one channel")
-    return None
 
 
 def serial_block_size(nchan: int, imsize: list[int]) -> int:
@@ -130,6 +117,7 @@ class CubeIteration:
         self.bot.setupiteration(iterpars=self.iterpars)
         self.major_done = 0  # imager_base's majorCnt: clean cycles' major cycles, for nmajor
         self.stopcode = 0
+        self.peakresidual = 0.0
         self.events: list[dict] = []
 
     # --- the calls serial tclean makes, in its order -------------------------------------------
@@ -166,7 +154,9 @@ class CubeIteration:
 
     def _has_converged(self, init_records: list[dict]) -> bool:
         self.bot.resetminorcycleinfo()
-        self.bot.mergeinitrecord(merge_init(init_records))
+        merged = merge_init(init_records)
+        self.peakresidual = float(merged["peakresidual"])
+        self.bot.mergeinitrecord(merged)
         nmajor = self.iterpars["nmajor"]
         self.stopcode = self.bot.cleanComplete(reachedMajorLimit=nmajor >= 0 and self.major_done >= nmajor)
         return self.stopcode > 0
@@ -191,7 +181,7 @@ class CubeIteration:
     def progress(self) -> dict:
         details = self.bot.getiterationdetails()
         return {"iterdone": int(details["iterdone"]), "majorcycles": int(details["nmajordone"]),
-                "stopcode": self.stopcode}
+                "peakresidual": self.peakresidual, "stopcode": self.stopcode}
 
     def summary(self) -> dict:
         """What serial tclean returns when niter > 0 (imager_base getSummary)."""
@@ -215,22 +205,38 @@ def _plain(record: dict) -> dict:
 
 # --- running the cycles ---------------------------------------------------------------------------
 
-STATE_FILE = "state.json"
+
+class IterationRefused(UserError):
+    """Whole-cube iteration cannot reproduce serial tclean for this cube."""
 
 
-def _write_state(run_dir: Path, state: dict) -> None:
-    path = Path(run_dir) / "iteration" / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def cube_iteration_refusal(tclean: dict, chunks: list[Chunk]) -> None:
+    """Refuse, before imaging, what whole-cube iteration cannot make equal to serial tclean."""
+    if tclean["usemask"] == "auto-multithresh":
+        raise IterationRefused(
+            "usemask='auto-multithresh' keeps per-channel state between cycles inside serial tclean's"
+            " deconvolver that no chunk can be handed; use [parallel] iteration = 'per-chunk' (each chunk"
+            " automasked and cleaned on its own, not equal to serial) or channels_per_task >= nchan")
+    if any(c.guard for c in chunks):
+        raise IterationRefused(
+            "a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
+            " cleaning would join the cube's iteration control; choose a channels_per_task >= 2 that"
+            " leaves no chunk of one channel")
 
 
-def read_state(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "iteration" / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+def weighting_refusal(tclean: dict, chunks: list[Chunk]) -> None:
+    """Refuse weightings decided over the whole cube that a chunk cannot be handed (CASA 6.7)."""
+    if tclean["weighting"] == "briggsbwtaper" and len(chunks) > 1:
+        raise IterationRefused(
+            "weighting='briggsbwtaper' tapers by the whole cube's fractional bandwidth, which CASA 6.7's"
+            " synthesisimager cannot be given (each chunk would use its own; a one-channel chunk has none"
+            " and fails); use weighting='briggs', or channels_per_task >= nchan (one task)")
+
+
+def iteration_report(summary: dict) -> dict:
+    """The scalars of tclean's return value (iterations, major cycles, stop code and reason)."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in summary.items()
+            if isinstance(v, (int, float, str, bool, np.generic))}
 
 
 def iteration_parameters(tclean_params: dict) -> dict:
@@ -240,58 +246,56 @@ def iteration_parameters(tclean_params: dict) -> dict:
     return imager_parameters(tclean_params, tclean_params["imagename"]).getIterPars()
 
 
-def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Path, run_step: Callable,
+def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Path, journal, run_step: Callable,
                on_cycle: Callable[[dict], None] = lambda progress: None) -> dict:
     """Serial tclean's major/minor loop over the whole cube, each step run in every chunk at once.
 
-    ``run_step(function, arguments)`` runs ``function(*args, attempt)`` for each chunk's ``args``
-    (in the order of ``chunks``) and returns their results in that order, or raises. Each finished
-    step is written to ``iteration/state.json`` (the records merged so far), so a run killed at any
-    point resumes from the last step every chunk finished. Returns tclean's summary; the chunks'
+    ``run_step(function, arguments, **keywords)`` runs ``function(*args, attempt=..., **keywords)``
+    for each chunk's ``args`` (in the order of ``chunks``) and returns the results in that order, or
+    raises. Every finished step goes to the ``journal`` (:meth:`Journal.iteration_step`) with what
+    the controller merged, so a run killed at any point resumes after the last step every chunk
+    finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
     restored images are left in ``parts/<chunk>`` for assembly.
     """
     from . import cycle_tasks
 
     run_dir = Path(run_dir)
-    (run_dir / "iteration").mkdir(parents=True, exist_ok=True)
+    done = [step for step in journal.iteration_steps if step["kind"] != "restored"]
     controller = CubeIteration(iteration_parameters(tclean_params), chunks,
                                serial_block_size(nchan, list(np.atleast_1d(tclean_params["imsize"]))))
+    arguments = [(tclean_params, c, str(run_dir)) for c in chunks]
     try:
-        state = read_state(run_dir) or {"cycle": -1, "events": [], "converged": False}
-        if state["cycle"] < 0:
-            lastcycle = controller.first_major_cycle()
-            results = run_step(cycle_tasks.start_chunk, [(tclean_params, c, str(run_dir)) for c in chunks]
-                               , lastcycle=lastcycle)
-            converged = controller.started(results)
-            state = {"cycle": 0, "events": controller.events, "converged": converged}
-            _write_state(run_dir, state)
+        if done:
+            converged, _ = controller.replay([step["records"] for step in done])
+            cycle = done[-1]["cycle"]
         else:
-            converged, _ = controller.replay(state["events"])
-            controller.events = state["events"]
-        on_cycle(controller.progress())
-        while not state["converged"]:
+            lastcycle = controller.first_major_cycle()
+            converged = controller.started(run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle))
+            cycle = 0
+            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged, "records": controller.events[-1]})
+        on_cycle(dict(controller.progress(), cycle=cycle))
+        while not converged:
             controls = controller.controls()
-            cycle = state["cycle"] + 1
-            results = run_step(cycle_tasks.cycle_chunk,
-                               [(tclean_params, c, str(run_dir)) for c in chunks], cycle=cycle, controls=controls)
-            converged = controller.cycled(results)
-            state = {"cycle": cycle, "events": controller.events, "converged": converged}
-            _write_state(run_dir, state)
-            for chunk in chunks:
+            cycle += 1
+            converged = controller.cycled(run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls))
+            journal.iteration_step({"kind": "cycle", "cycle": cycle, "converged": converged,
+                                    "records": controller.events[-1]})
+            for chunk in chunks:  # the step is journalled: the cycle before it is not needed to resume
                 shutil.rmtree(cycle_tasks.cycle_dir(run_dir, chunk, cycle - 1), ignore_errors=True)
-            on_cycle(controller.progress())
+            on_cycle(dict(controller.progress(), cycle=cycle))
         summary = controller.summary()
     finally:
         controller.close()
-    if state.get("restored") is None:
-        folders = run_step(cycle_tasks.restore_chunk, [(tclean_params, c, str(run_dir)) for c in chunks],
-                           cycle=state["cycle"])
+    if not any(step["kind"] == "restored" for step in journal.iteration_steps):
+        folders = run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle)
         (run_dir / "parts").mkdir(exist_ok=True)
         for chunk, folder in zip(chunks, folders):
             target = run_dir / "parts" / chunk.name
             shutil.rmtree(target, ignore_errors=True)
             os.rename(folder, target)
-        _write_state(run_dir, dict(state, restored=True))
+        journal.iteration_step({"kind": "restored", "cycle": cycle})
+        for chunk in chunks:
+            shutil.rmtree(cycle_tasks.chunk_dir(run_dir, chunk), ignore_errors=True)
     return summary
 
 
