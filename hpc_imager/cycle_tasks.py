@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from . import casa_setup
@@ -172,6 +173,7 @@ def _with_mask_total(record, scratch: Path) -> dict:
 
 def start_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, lastcycle: bool) -> dict:
     """PSF, PB and the first residual, then serial's two initminorcycle calls around setupmask."""
+    started = time.time()
     with _step(Path(run_dir), chunk, 0, attempt, None) as scratch:
         tools = _Tools(_params(tclean_params, chunk, scratch, first_step=True))
         try:
@@ -186,13 +188,14 @@ def start_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, l
             second = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"init": [first, second]}
+    return {"init": [first, second], "seconds": time.time() - started}
 
 
 def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
                 controls: dict) -> dict:
     """One minor cycle with the cube's controls, the major cycle after it (when this chunk's model
     changed), setupmask and the next initminorcycle."""
+    started = time.time()
     with _step(Path(run_dir), chunk, cycle, attempt, cycle - 1) as scratch:
         tools = _Tools(_params(tclean_params, chunk, scratch))
         try:
@@ -208,11 +211,12 @@ def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, c
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"exec": _plain(executed), "init": init}
+    return {"exec": _plain(executed), "init": init, "seconds": time.time() - started}
 
 
-def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int) -> str:
+def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int) -> dict:
     """Restore (and pb-correct) the last cycle's images; return the folder holding ``part.*``."""
+    started = time.time()
     with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
         tools = _Tools(_params(tclean_params, chunk, scratch))
         try:
@@ -223,4 +227,4 @@ def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int,
                     deconvolver.pbcor()
         finally:
             tools.close()
-    return str(cycle_dir(Path(run_dir), chunk, cycle + 1))
+    return {"folder": str(cycle_dir(Path(run_dir), chunk, cycle + 1)), "seconds": time.time() - started}

@@ -265,6 +265,7 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
     cannot finish ends the run; ``--resume`` continues after the last step every chunk finished."""
     passes = Passes(plans=[plan])
     latest = {"cycle": 0, "iterdone": 0, "peakresidual": 0.0}
+    timings: list[dict] = []  # per step: its wall time and its tasks' (the rest is waiting at the barrier)
     with contextlib.ExitStack() as clusters:
         client = None
 
@@ -275,6 +276,7 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
             step = Step(function, keywords, f"{what} (iterations {latest['iterdone']},"
                                                 f" peak residual {latest['peakresidual']:.3g})")
             todo = list(run.chunks)
+            step_started = time.time()
             while todo:
                 if client is None:
                     run.console.print(f"hpc_imager: {plan.summary()}")
@@ -301,14 +303,18 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
                                       " the memory per worker")
                     clusters.close()
                     client = None
-            return [step.results[c.index] for c in run.chunks]
+            results = [step.results[c.index] for c in run.chunks]
+            task_seconds = [r["seconds"] for r in results]
+            timings.append({"step": what, "wall_seconds": time.time() - step_started,
+                            "task_seconds_max": max(task_seconds), "task_seconds_sum": sum(task_seconds)})
+            return results
 
         try:
             summary = clean_cube(run.tclean_params, run.chunks, run.grid.nchan, run.run_dir, run.journal, run_step,
                                  on_cycle=latest.update)
         except _StepUnfinished:
             return passes, None
-    return passes, iteration_report(summary)
+    return passes, dict(iteration_report(summary), steps=timings)
 
 
 @dataclass

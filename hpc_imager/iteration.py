@@ -289,13 +289,12 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
     if not any(step["kind"] == "restored" for step in journal.iteration_steps):
         folders = run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle)
         (run_dir / "parts").mkdir(exist_ok=True)
-        for chunk, folder in zip(chunks, folders):
+        for chunk, restored in zip(chunks, folders):
             target = run_dir / "parts" / chunk.name
             shutil.rmtree(target, ignore_errors=True)
-            os.rename(folder, target)
+            os.rename(restored["folder"], target)
         journal.iteration_step({"kind": "restored", "cycle": cycle})
-        for chunk in chunks:
-            shutil.rmtree(cycle_tasks.chunk_dir(run_dir, chunk), ignore_errors=True)
+        shutil.rmtree(run_dir / "iteration", ignore_errors=True)
     return summary
 
 
