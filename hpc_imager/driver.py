@@ -270,6 +270,7 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
         client = None
 
         def run_step(function: Callable, arguments: list[tuple], **keywords) -> list:
+            # ``arguments`` are each chunk's (tclean params, chunk, run directory): _run_chunks submits those.
             nonlocal client, plan
             what = {"start_chunk": "PSF, residual", "restore_chunk": "restoring"}.get(
                 function.__name__, f"cycle {keywords.get('cycle')}")

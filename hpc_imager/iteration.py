@@ -166,17 +166,19 @@ class CubeIteration:
     def _record(self, event: dict) -> None:
         self.events.append(event)
 
-    def replay(self, events: list[dict]) -> tuple[bool, dict | None]:
-        """Feed journalled steps again (on --resume); return (converged, the next controls)."""
-        converged, controls = False, None
+    def replay(self, events: list[dict]) -> bool:
+        """Feed journalled steps again, in the live order (on --resume); return whether converged.
+        ``controls`` is called before each cycle as live, never after the last: it resets the
+        iterbot's peak residual, so the next live call would compute a wrong cycle threshold."""
+        converged = False
         self.first_major_cycle()
         for event in events:
             if event["step"] == "started":
                 converged = self.started([{"init": pair} for pair in zip(*event["init"])])
             else:
+                self.controls()
                 converged = self.cycled([{"exec": e, "init": i} for e, i in zip(event["exec"], event["init"])])
-            controls = None if converged else self.controls()
-        return converged, controls
+        return converged
 
     def progress(self) -> dict:
         details = self.bot.getiterationdetails()
@@ -266,7 +268,7 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
     arguments = [(tclean_params, c, str(run_dir)) for c in chunks]
     try:
         if done:
-            converged, _ = controller.replay([step["records"] for step in done])
+            converged = controller.replay([step["records"] for step in done])
             cycle = done[-1]["cycle"]
         else:
             lastcycle = controller.first_major_cycle()
