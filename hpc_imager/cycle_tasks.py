@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import casa_setup
 from .channel_grid import Chunk
+from .imaging_task import _release_casa
 
 # tclean's keyword names that ImagerParameters spells differently (task_tclean.py does the same).
 _RENAMED = {"vis": "msname", "timerange": "timestr", "uvrange": "uvdist", "observation": "obs",
@@ -120,8 +121,11 @@ def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int |
     logs.mkdir(exist_ok=True)
     casalog.setlogfile(str(logs / f"{chunk.name}.cycle-{cycle}.attempt-{attempt}.casa.log"))
     casalog.showconsole(False)
-    with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
-        yield scratch
+    try:
+        with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
+            yield scratch
+    finally:
+        _release_casa()  # as after a whole-chunk tclean: the worker runs many steps
     if target.exists():  # an earlier attempt finished but the driver never heard of it
         shutil.rmtree(target)
     os.rename(scratch, target)
