@@ -27,6 +27,8 @@ from hpc_imager.iteration import (
     IterationRefused,
     clean_cube,
     cube_iteration_refusal,
+    merge_exec,
+    merge_init,
     run_in_process,
     weighting_refusal,
 )
@@ -151,6 +153,36 @@ def test_perchanweightdensity_false_chunks_equal_serial_at_niter_0(tmp_path, ngc
     assemble(tmp_path / "run", chunks, params)
     serial, _ = serial_tclean(**keywords)
     assert_same_cube(str(tmp_path / "chunked"), serial, ("image", "residual", "psf", "pb", "sumwt"))
+
+
+# --- merging the chunks' records into serial's one record (pure logic) --------------------------
+
+def _init(peak, sidelobe=0.2, nsigma=0.0, masksum=-1.0, mask_total=0.0):
+    return {"peakresidual": peak, "maxpsfsidelobe": sidelobe, "peakresidualnomask": peak, "madrms": 0.0,
+            "nsigmathreshold": nsigma, "masksum": masksum, "mask_total": mask_total, "summaryminor": [[]] * 6}
+
+
+def test_init_records_merge_as_the_whole_cubes():
+    merged = merge_init([_init(1.0, 0.3, nsigma=0.4), _init(2.0, 0.2, nsigma=0.1)])
+    assert (merged["peakresidual"], merged["maxpsfsidelobe"], merged["nsigmathreshold"]) == (2.0, 0.3, 0.4)
+    assert merged["masksum"] == -1.0, "no chunk's mask changed"
+    # one chunk's mask changed to empty, another's is unchanged and not empty: the cube's is not empty
+    assert merge_init([_init(1.0, masksum=0.0), _init(1.0, masksum=-1.0, mask_total=50.0)])["masksum"] == 50.0
+    assert merge_init([_init(1.0, masksum=0.0), _init(1.0, masksum=0.0)])["masksum"] == 0.0
+
+
+def test_exec_records_merge_with_cube_channel_numbers():
+    def executed(iterations, channels):
+        summary = [[float(n) for n in iterations], [0.1] * len(channels), [0.2] * len(channels),
+                   [0.05] * len(channels), [0.0] * len(channels), [float(c) for c in channels]]
+        return {"iterdone": sum(iterations), "maxcycleiterdone": max(iterations), "peakresidual": 0.1,
+                "updatedmodelflag": True, "summaryminor": summary}
+
+    chunks = _chunks(2, 2)
+    merged = merge_exec([executed([5, 7], [0, 1]), executed([0, 3], [0, 1])], chunks, block=4)
+    assert (merged["iterdone"], merged["maxcycleiterdone"]) == (15, 7)
+    assert merged["summaryminor"][5].tolist() == [0, 1, 2, 3]
+    assert merged["summaryminor"][0].tolist() == [5, 7, 0, 3]
 
 
 # --- what cannot be made equal is refused before imaging ----------------------------------------
