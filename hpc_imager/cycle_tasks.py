@@ -18,7 +18,7 @@ The deconvolver keeps only this between serial's steps, and it is rebuilt exactl
 as serial does whenever iterations were done), the mask sum (for the "mask changed" flag) and the
 loaded mask (``setupmask`` re-reads the same mask). Automasking keeps more (per-channel flags, its
 running iteration count, the positive-mask work image); that is why cube iteration refuses
-``usemask='auto-multithresh'`` (see :func:`hpc_imager.iteration.refusal`).
+``usemask='auto-multithresh'`` (see :func:`hpc_imager.iteration.cube_iteration_refusal`).
 """
 
 from __future__ import annotations
@@ -210,6 +210,8 @@ def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, c
                 # A plane whose model did not change gets the same residual from a major cycle; serial
                 # re-grids it anyway, a chunk with no iterations is spared the work.
                 tools.open_imager()
+                # serial's lastcycle flag (known only once every chunk's record is merged) matters to
+                # savemodel alone, which cube.toml requires to be 'none'
                 tools.major_cycle(lastcycle=False)
             deconvolver.setupmask()
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
