@@ -206,6 +206,9 @@ def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, c
             deconvolver = tools.open_deconvolver()
             deconvolver.initminorcycle()  # loads the images and the statistics serial's deconvolver holds
             executed = deconvolver.executeminorcycle(iterbotrecord=dict(controls))
+            if "auto" in tclean_params["usemask"]:
+                # runMinorCycleCore keeps the mask this cycle used; hasConverged reverts to it at the end
+                _replace_tree(scratch / "part.mask", scratch / "part.prev.mask")
             if executed["iterdone"] > 0:
                 # A plane whose model did not change gets the same residual from a major cycle; serial
                 # re-grids it anyway, a chunk with no iterations is spared the work.
@@ -220,10 +223,22 @@ def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, c
     return {"exec": _plain(executed), "init": init, "seconds": time.time() - started}
 
 
-def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int) -> dict:
-    """Restore (and pb-correct) the last cycle's images; return the folder holding ``part.*``."""
+def _replace_tree(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+
+
+def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
+                  revert_mask: bool = False) -> dict:
+    """Restore (and pb-correct) the last cycle's images; return the folder holding ``part.*``.
+    ``revert_mask``: cleaning stopped on a criterion, where serial's hasConverged puts back the
+    automask the last minor cycle used (``.prev.mask``) in place of the one made after it."""
     started = time.time()
     with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
+        if revert_mask and (scratch / "part.prev.mask").is_dir():
+            shutil.rmtree(scratch / "part.mask")
+            os.rename(scratch / "part.prev.mask", scratch / "part.mask")
         tools = _Tools(_params(tclean_params, chunk, scratch))
         try:
             deconvolver = tools.open_deconvolver()

@@ -289,7 +289,8 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
     finally:
         controller.close()
     if not any(step["kind"] == "restored" for step in journal.iteration_steps):
-        folders = run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle)
+        revert_mask = "auto" in tclean_params["usemask"] and controller.stopcode > 0
+        folders = run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle, revert_mask=revert_mask)
         (run_dir / "parts").mkdir(exist_ok=True)
         for chunk, restored in zip(chunks, folders):
             target = run_dir / "parts" / chunk.name
