@@ -36,10 +36,20 @@ def _user_errors(function):
     return wrapper
 
 
+def _click_type(annotation):
+    """click's type for a [parallel] field: its choices when it has some (Literal), else int."""
+    import typing
+
+    for member in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(member) is typing.Literal:
+            return click.Choice(typing.get_args(member))
+    return int
+
+
 def _parallel_overrides(function):
     """One --option per [parallel] field, taken from the schema so the two never drift."""
     for name, field in reversed(ParallelParams.model_fields.items()):
-        function = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None,
+        function = click.option(f"--{name.replace('_', '-')}", name, type=_click_type(field.annotation), default=None,
                                 help=f"{field.description} Overrides [parallel] {name}.")(function)
     return function
 

@@ -208,6 +208,11 @@ class ParallelParams(BaseModel):
     workers: Annotated[Optional[int], Field(ge=1, description="Dask workers; default: the site's choice (local: one per core).")] = None
     max_in_flight: Annotated[Optional[int], Field(ge=1, description="Tasks submitted at once; default: the number of workers.")] = None
     retries: Annotated[int, Field(ge=0, description="Extra tries for a task that fails before the run gives up on its channels.")] = 2
+    iteration: Annotated[Optional[Literal["cube", "per-chunk"]], Field(description=(
+        "With niter > 0: 'cube' keeps one iteration control for the whole cube in the driver, as serial"
+        " tclean does, and equals serial tclean (the default); 'per-chunk' cleans each chunk as its own"
+        " cube: faster (no barrier between cycles) but each chunk picks its own cycle thresholds and"
+        " iteration budget, so planes differ from serial tclean."))] = None
 
 
 class RunParams(BaseModel):
@@ -235,12 +240,21 @@ class CubeSpec(BaseModel):
     run: RunParams = RunParams()
 
     @property
+    def iteration(self) -> str:
+        """How cleaning is controlled: 'none' (niter=0), 'cube' or 'per-chunk'."""
+        if self.tclean.niter == 0:
+            return "none"
+        return self.parallel.iteration or "cube"
+
+    @property
     def run_directory(self) -> Path:
         return Path(self.run.directory or f"{self.tclean.imagename}.hpcrun")
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the pixels, so --resume can refuse a different cube."""
         decisive = {"tclean": self.tclean.model_dump(), "channels_per_task": self.parallel.channels_per_task}
+        if self.iteration == "cube":
+            decisive["iteration"] = "cube"  # per-chunk and niter=0 runs keep the fingerprints they had
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
