@@ -382,11 +382,11 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: St
                                        f" on attempt {attempt}: {message}")
                 out_of_memory = ran_out_of_memory(type(error).__name__, str(error), run.log_texts(),
                                                   run.backend.memory_signs)
-                step = after_failure(out_of_memory=out_of_memory, tries=tries[chunk.index],
+                decision = after_failure(out_of_memory=out_of_memory, tries=tries[chunk.index],
                                      retries=run.spec.parallel.retries)
-                if step is Next.MORE_MEMORY:
+                if decision is Next.MORE_MEMORY:
                     outcome.out_of_memory.append(chunk)
-                elif step is Next.RETRY:
+                elif decision is Next.RETRY:
                     queue.appendleft(chunk)
                 else:
                     outcome.lost.append(chunk)

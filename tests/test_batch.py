@@ -117,12 +117,17 @@ def test_cube_equals_serial(scheduler, request, tmp_path, ngc5921_ms, serial_ref
 
 @pytest.mark.slurm
 def test_pbs_syntax_through_torque_wrappers(pbs, tmp_path, ngc5921_ms, serial_reference):
-    tclean = {"nchan": 8}
+    """Also whole-cube iteration (niter > 0) through batch workers: the controller in the driver, the
+    cycles as jobs' tasks."""
+    tclean = {"nchan": 8, "niter": 100, "imsize": [128, 128]}
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
     path = f"{PBS_WRAPPERS}{os.pathsep}{os.environ['PATH']}"
     result = run_cli("submit", "--site", pbs, cube, cwd=tmp_path, env={"PATH": path})
     assert "site ci-pbs (pbs, shared)" in result.stderr
-    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
+                     products=("image", "residual", "model", "psf", "pb", "sumwt"))
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["iteration"] == "cube" and report["iteration_summary"]["iterdone"] > 0
 
 
 @pytest.mark.slurm
