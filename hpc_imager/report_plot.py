@@ -10,9 +10,43 @@ with more memory), retried chunks outlined.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .status import _events, read_status
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One attempt on the timeline: seconds since the run's first submission."""
+
+    chunk: int
+    attempt: int
+    row: str  # the worker's name, or "failed attempts"
+    submitted: float
+    start: float
+    end: float
+    kind: str  # "done" | "failed"
+
+
+def timeline(run_dir: Path) -> list[Bar]:
+    """Every finished or failed attempt in the run's journal, as drawn in report.png."""
+    events = _events(Path(run_dir) / "journal.jsonl")
+    t0 = min((e["time"] for e in events), default=0.0)
+    submitted = {(e["chunk"], e["attempt"]): e["time"] - t0 for e in events if e["event"] == "submitted"}
+    bars = []
+    for e in events:
+        if e["event"] not in ("done", "failed"):
+            continue
+        end = e["time"] - t0
+        queued = submitted.get((e["chunk"], e["attempt"]), end)
+        if e["event"] == "done":
+            m = e["metrics"]
+            bars.append(Bar(e["chunk"], e["attempt"], str(m.get("worker", "?")), queued,
+                            max(queued, end - m["wall_seconds"]), end, "done"))
+        else:
+            bars.append(Bar(e["chunk"], e["attempt"], "failed attempts", queued, queued, end, "failed"))
+    return bars
 
 
 def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
@@ -25,49 +59,41 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     path = Path(path or run_dir / "report.png")
     status = read_status(run_dir)
-    events = _events(run_dir / "journal.jsonl")
-    t0 = min((e["time"] for e in events), default=0.0)
-    submitted = {(e["chunk"], e["attempt"]): e["time"] for e in events if e["event"] == "submitted"}
-    done = [e for e in events if e["event"] == "done"]
-    failed = [e for e in events if e["event"] == "failed"]
-
-    workers = sorted({str(e["metrics"].get("worker", "?")) for e in done})
-    rows = workers + (["failed attempts"] if failed else [])
+    bars = timeline(run_dir)
+    t0 = status.first_event or 0.0
+    workers = sorted({b.row for b in bars if b.kind == "done"})
+    rows = workers + (["failed attempts"] if any(b.kind == "failed" for b in bars) else [])
     row_of = {name: i for i, name in enumerate(rows)}
     retried = {c.index for c in status.chunks.values() if c.attempts > 1}
+    span = max((b.end for b in bars), default=1.0)
 
-    fig, (timeline, memory) = plt.subplots(2, 1, figsize=(11, 3 + 0.35 * len(rows) + 3),
-                                           gridspec_kw={"height_ratios": [max(1, len(rows)), 3]})
-    for e in done:
-        m = e["metrics"]
-        y = row_of[str(m.get("worker", "?"))]
-        end = e["time"] - t0
-        start = end - m["wall_seconds"]
-        queued = submitted.get((e["chunk"], e["attempt"]), e["time"]) - t0
-        timeline.plot([queued, start], [y, y], color="0.6", lw=1)
-        timeline.barh(y, m["wall_seconds"], left=start, height=0.6,
-                      color="tab:orange" if e["chunk"] in retried else "tab:blue", edgecolor="black", lw=0.4)
-        if m["wall_seconds"] > 0.04 * max(1.0, status.last_event - t0 if status.last_event else 1.0):
-            timeline.text(start + m["wall_seconds"] / 2, y, str(e["chunk"]), ha="center", va="center",
-                          fontsize=7, color="white")
-    for e in failed:
-        y = row_of["failed attempts"]
-        start = submitted.get((e["chunk"], e["attempt"]), e["time"]) - t0
-        timeline.barh(y, max(e["time"] - t0 - start, 0.2), left=start, height=0.6, color="tab:red")
-        timeline.text(e["time"] - t0, y, f" {e['chunk']}", va="center", fontsize=7, color="tab:red")
-    for c in status.chunks.values():  # running now (or when the driver died): open bars
+    fig, (axis, memory) = plt.subplots(2, 1, figsize=(11, 6 + 0.35 * len(rows)),
+                                       gridspec_kw={"height_ratios": [max(1, len(rows)), 3]})
+    for b in bars:
+        y = row_of[b.row]
+        if b.kind == "done":
+            axis.plot([b.submitted, b.start], [y, y], color="0.6", lw=1)
+            color = "tab:orange" if b.chunk in retried else "tab:blue"
+        else:
+            color = "tab:red"
+        axis.barh(y, max(b.end - b.start, 0.002 * span), left=b.start, height=0.6, color=color,
+                  edgecolor="black", lw=0.4)
+        if b.end - b.start > 0.03 * span:
+            axis.text((b.start + b.end) / 2, y, str(b.chunk), ha="center", va="center", fontsize=7, color="white")
+    for c in status.chunks.values():  # running now (or when the driver died): a marker at submission
         if c.state == "running" and c.submitted_at:
-            timeline.plot([c.submitted_at - t0], [len(rows) - 0.5], marker=">", color="tab:green")
-    timeline.set_yticks(range(len(rows)), [f"worker {r}" if r in workers else r for r in rows])
-    timeline.invert_yaxis()
-    timeline.set_xlabel("seconds since the first submission")
+            axis.plot([c.submitted_at - t0], [0], marker=">", color="tab:green")
+    axis.set_yticks(range(len(rows)), [f"worker {r}" if r in workers else r for r in rows])
+    axis.invert_yaxis()
+    axis.set_xlabel("seconds since the first submission")
     d = status.as_dict()
-    timeline.set_title(f"{Path(str(d['imagename'])).name}: {d['status']}, {d['done']}/{d['chunks']} chunks done,"
+    axis.set_title(f"{Path(str(d['imagename'])).name}: {d['status']}, {d['done']}/{d['chunks']} chunks done,"
                        f" {d['failed_attempts']} failed attempts (blue: tclean per chunk, orange: retried chunk,"
                        " grey: queued/set-up, red: failed)", fontsize=9)
 
-    chunks = [e["chunk"] for e in done]
-    peaks = [e["metrics"]["peak_rss_bytes"] / 2**30 for e in done]
+    done = [c for c in status.chunks.values() if c.state == "done" and c.metrics]
+    chunks = [c.index for c in done]
+    peaks = [c.metrics["peak_rss_bytes"] / 2**30 for c in done]
     memory.bar(chunks, peaks, color=["tab:orange" if c in retried else "tab:blue" for c in chunks])
     plans = [((status.report or {}).get("plan") or status.identity.get("plan"))]
     plans = [p for p in plans if p] + list((status.report or {}).get("memory_retries", []))
@@ -82,7 +108,7 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
                                  f" {limit / 2**30:.2f} GiB")
     memory.set_xlabel("chunk")
     memory.set_ylabel("peak memory (GiB)")
-    memory.set_yscale("log")
+    memory.set_ylim(bottom=0)
     if plans:
         memory.legend(fontsize=8, loc="center right")
     fig.tight_layout()
