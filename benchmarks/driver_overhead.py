@@ -19,14 +19,26 @@ def trivial_task(tclean_params: dict, chunk, run_dir: str, attempt: int) -> dict
             "peak_rss_bytes": 0, "rss_after_bytes": 0}
 
 
+class NoParts:
+    """Trivial tasks leave no parts to place; the assembly's bookkeeping is all that is left."""
+
+    def arrived(self, chunk) -> None:
+        pass
+
+    def place_waiting(self, on_placed) -> None:
+        pass
+
+
 def measure(tasks: int, run_dir: str) -> dict:
     from distributed import Client, LocalCluster
     from rich.console import Console
 
     from hpc_imager import driver
-    from hpc_imager.channel_grid import Chunk
+    from hpc_imager.backends import backend_for
+    from hpc_imager.channel_grid import ChannelGrid, Chunk
     from hpc_imager.cube_spec import parse_cube_spec
     from hpc_imager.journal import Journal
+    from hpc_imager.site_profile import load_site
 
     run_dir = Path(run_dir)
     spec = parse_cube_spec({"tclean": {"vis": "none.ms", "imagename": str(run_dir / "none"), "specmode": "cube"},
@@ -34,6 +46,9 @@ def measure(tasks: int, run_dir: str) -> dict:
     chunks = [Chunk(i, i, 1, i, 1) for i in range(tasks)]
     journal = Journal.create(run_dir, {"fingerprint": "overhead", "imagename": "none", "nchan": tasks,
                                        "channels_per_task": 1})
+    site = load_site("local")
+    run = driver.RunContext(spec, site, backend_for(site), run_dir, journal, Console(stderr=True),
+                            ChannelGrid(tasks, "channel", 0, 1, "", "LSRK"), chunks, NoParts())
     driver.image_chunk = trivial_task  # the injection point: everything else is the real loop
 
     class TwoWorkers:
@@ -43,8 +58,7 @@ def measure(tasks: int, run_dir: str) -> dict:
             Client(cluster) as client:
         client.submit(lambda: 0).result()  # workers up before the clock starts
         started = time.time()
-        outcome = driver._run_chunks(client, spec, TwoWorkers(), chunks, journal, run_dir, Console(stderr=True),
-                                     done_channels=0, total_channels=tasks)
+        outcome = driver._run_chunks(run, client, TwoWorkers(), chunks)
         seconds = time.time() - started
     assert not outcome.lost, outcome.lost
     return {"tasks": tasks, "failures_retried": len(outcome.failures), "seconds": round(seconds, 2),

@@ -242,6 +242,23 @@ def sites_validate(file: Path) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--plot", is_flag=True, help="Also (re)draw RUN_DIR/report.png.")
+@json_option
+@_user_errors
+def status(run_dir: Path, plot: bool, as_json: bool) -> None:
+    """What a run (running or finished) has done: chunks done, running, failed, pending; workers; ETA."""
+    from .status import format_status, read_status
+
+    state = read_status(run_dir)
+    click.echo(json.dumps(state.as_dict(), indent=2) if as_json else format_status(state))
+    if plot:
+        from .report_plot import write_report_png
+
+        click.echo(f"wrote {write_report_png(run_dir)}", err=True)
+
+
+@main.command()
 @click.argument("which", type=click.Choice(["cube", "site"]), default="cube")
 def reference(which: str) -> None:
     """Print the cube.toml or site profile reference (docs/), generated from the schema."""

@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 from . import casa_setup
+from .errors import RunFailed
 from .logs import casa_messages_to
 
 DEMO_CUBE = Path(__file__).with_name("ngc5921.toml")
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(RunFailed):
     """The demo MS could not be made; the message names the CASA log that says why."""
 
 
