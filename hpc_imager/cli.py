@@ -103,8 +103,11 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
 @_cube_on_site
 def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
     """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
+    from .channel_grid import resolve_grid
+    from .chunk_size import with_channels_per_task
     from .estimate import estimate_task, mosaic_fields
 
+    spec = with_channels_per_task(spec, profile, resolve_grid(spec.tclean).nchan, mosaic_fields(spec))
     result = estimate_task(spec, profile, mosaic_fields(spec))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -122,10 +125,13 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
     from .channel_grid import resolve_grid
+    from .chunk_size import with_channels_per_task
     from .estimate import estimate_task, mosaic_fields
     from .plan import make_plan
 
-    chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
+    grid = resolve_grid(spec.tclean)
+    spec = with_channels_per_task(spec, profile, grid.nchan, mosaic_fields(spec))
+    chunks = grid.chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:

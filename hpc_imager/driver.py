@@ -23,6 +23,7 @@ from . import casa_setup
 from .backends import backend_for
 from .backends.base import Backend
 from .channel_grid import ChannelGrid, Chunk, resolve_grid
+from .chunk_size import with_channels_per_task
 from .concat import CubeAssembly, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .decisions import Next, after_failure, ran_out_of_memory
@@ -108,6 +109,7 @@ def image_cube(
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
 
     grid = resolve_grid(spec.tclean)
+    spec = with_channels_per_task(spec, site, grid.nchan, mosaic_fields(spec), previous=_started_with(run_dir, resume))
     chunks = grid.chunks(spec.parallel.channels_per_task)
     plan = make_plan(spec, site, estimate_task(spec, site, mosaic_fields(spec)), len(chunks))
     identity = {
@@ -184,6 +186,14 @@ def image_cube(
     shutil.rmtree(run_dir / "scratch", ignore_errors=True)
     console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}")
     return report
+
+
+def _started_with(run_dir: Path, resume: bool) -> int | None:
+    """The channels_per_task a run being resumed was started with (its chunks must stay the same)."""
+    identity = run_dir / "run.json"
+    if resume and identity.exists():
+        return json.loads(identity.read_text()).get("channels_per_task")
+    return None
 
 
 def _wait_for_first_worker(run: RunContext, client) -> None:
