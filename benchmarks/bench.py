@@ -142,7 +142,8 @@ def driver_overhead(tasks: int, work: Path) -> dict:
     return dict(result, process_seconds=round(seconds, 2))
 
 
-def cube_comparison(label: str, params: dict, nchan: int, chunk: int, work: Path, limit: bool) -> dict:
+def cube_comparison(label: str, params: dict, nchan: int, chunk: int, work: Path, limit: bool,
+                    repeat_serial: bool = True) -> dict:
     entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
     entry["pclean_seconds"] = round(pclean_run(params, nchan, chunk, work, f"{label}-pclean"), 2)
@@ -151,9 +152,10 @@ def cube_comparison(label: str, params: dict, nchan: int, chunk: int, work: Path
     entry["hpc_imager"] = _task_breakdown(report)
     if limit:
         entry["two_halves_at_once_seconds"] = round(two_halves_at_once(params, nchan, work, f"{label}-halves"), 2)
-    entry["serial_again_seconds"] = round(serial_tclean(params, work, f"{label}-serial2"), 2)
+    if repeat_serial:  # serial again after the others: how much the machine's load drifted meanwhile
+        entry["serial_again_seconds"] = round(serial_tclean(params, work, f"{label}-serial2"), 2)
     entry["load_after"] = _load()
-    serial = (entry["serial_seconds"] + entry["serial_again_seconds"]) / 2
+    serial = (entry["serial_seconds"] + entry.get("serial_again_seconds", entry["serial_seconds"])) / 2
     entry["ratio_hpc_imager_over_serial"] = round(entry["hpc_imager_seconds"] / serial, 3)
     entry["ratio_pclean_over_serial"] = round(entry["pclean_seconds"] / serial, 3)
     if limit:
@@ -205,6 +207,7 @@ def main() -> None:
     parser.add_argument("--channels-per-task", type=int, default=8)
     parser.add_argument("--only", default="overhead,sim,ngc300,ngc0", help="Comma-separated parts, run in this order.")
     parser.add_argument("--imsize", type=int, default=None, help="NGC5921 image side (default 1024).")
+    parser.add_argument("--no-repeat", action="store_true", help="Do not run serial tclean again after the others.")
     parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -231,13 +234,15 @@ def main() -> None:
         elif part in ("ngc0", "ngc300"):
             niter = int(part[3:])
             results["cubes"].append(cube_comparison(f"ngc5921-{imsize}-niter{niter}", dict(ngc, niter=niter), 63,
-                                                    args.channels_per_task, work, limit=True))
+                                                    args.channels_per_task, work, limit=True,
+                                                    repeat_serial=not args.no_repeat))
         elif part == "sim":
             sim_ms = make_simulated_ms(work / "sim.ms", SimulatedObservation(nchan=sim_nchan))
             sim = {"vis": str(sim_ms), "specmode": "cube", "nchan": -1, "imsize": [sim_imsize, sim_imsize],
                    "cell": ["10arcsec"], "niter": 0, **BRIGGS}
             results["cubes"].append(cube_comparison(f"sim{sim_nchan}-{sim_imsize}-niter0", sim, sim_nchan,
-                                                    args.channels_per_task, work, limit=True))
+                                                    args.channels_per_task, work, limit=True,
+                                                    repeat_serial=not args.no_repeat))
         results["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2))  # after every part: a killed run keeps them
         if results["cubes"]:

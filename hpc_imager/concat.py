@@ -16,6 +16,7 @@ leaves no half-made final product and deletes no part.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +35,17 @@ class ConcatError(RunFailed):
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _fsync_tree(path: Path) -> None:
+    """casacore writes tables without fsync; a placement recorded in the journal must survive a node crash."""
+    for file in Path(path).rglob("*"):
+        if file.is_file():
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def final_products(imagename: str) -> list[Path]:
@@ -126,6 +138,7 @@ class CubeAssembly:
             except Exception as error:
                 raise ConcatError(f"cannot place {self.chunks[index].name} into {self.staging}:"
                                   f" {str(error).splitlines()[0]}") from None
+            _fsync_tree(self.staging)  # the journal will say "placed": the pixels must be on disk first
             self.waiting.discard(index)
             self.placed.add(index)
             on_placed(index)
