@@ -85,8 +85,9 @@ def two_halves_at_once(params: dict, nchan: int, work: Path, name: str) -> float
     return time.time() - started
 
 
-def pclean_run(params: dict, nchan: int, chunk: int, work: Path, name: str) -> float:
-    keywords = dict(params, imagename=str(work / name), nchan=nchan, parallel=True, nworkers=2, cube_chunksize=chunk)
+def pclean_run(params: dict, nchan: int, chunk: int | None, work: Path, name: str) -> float:
+    keywords = dict(params, imagename=str(work / name), nchan=nchan, parallel=True, nworkers=2,
+                    cube_chunksize=chunk or -1)  # -1: pclean's default, one sub-cube per worker
     return _timed_python(f"""
         from casatasks import casalog
         casalog.showconsole(False)
@@ -95,12 +96,12 @@ def pclean_run(params: dict, nchan: int, chunk: int, work: Path, name: str) -> f
         """, work / f"{name}.log")
 
 
-def hpc_imager_run(params: dict, chunk: int, work: Path, name: str) -> tuple[float, dict]:
+def hpc_imager_run(params: dict, chunk: int | None, work: Path, name: str) -> tuple[float, dict]:
     import tomlkit
 
     cube = tomlkit.document()
     cube["tclean"] = dict(params, imagename=str(work / name))
-    cube["parallel"] = {"channels_per_task": chunk, "workers": 2}
+    cube["parallel"] = {"workers": 2} | ({"channels_per_task": chunk} if chunk else {})  # None: our default
     toml = work / f"{name}.toml"
     toml.write_text(tomlkit.dumps(cube))
     seconds = _timed_python(f"""
@@ -142,7 +143,7 @@ def driver_overhead(tasks: int, work: Path) -> dict:
     return dict(result, process_seconds=round(seconds, 2))
 
 
-def cube_comparison(label: str, params: dict, nchan: int, chunk: int, work: Path, limit: bool,
+def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, work: Path, limit: bool,
                     repeat_serial: bool = True) -> dict:
     entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
@@ -241,7 +242,7 @@ def main() -> None:
             sim = {"vis": str(sim_ms), "specmode": "cube", "nchan": -1, "imsize": [sim_imsize, sim_imsize],
                    "cell": ["10arcsec"], "niter": 0, **BRIGGS}
             results["cubes"].append(cube_comparison(f"sim{sim_nchan}-{sim_imsize}-niter0", sim, sim_nchan,
-                                                    args.channels_per_task, work, limit=True,
+                                                    None, work, limit=True,  # each tool's default chunking
                                                     repeat_serial=not args.no_repeat))
         results["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2))  # after every part: a killed run keeps them
