@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+import psutil
+
 from .channel_grid import Chunk
 from .errors import RunFailed
 from .imaging_task import part_path
@@ -92,6 +94,7 @@ class CubeAssembly:
         self.staged_name = self.staging / Path(tclean_params["imagename"]).name
         self.waiting: set[int] = set()  # done, not yet placed
         self.seconds = 0.0  # the driver's time spent placing parts
+        self.bytes_written = 0  # by the driver while placing: each part's pixels once, plus the headers
         self.placed_before = set(placed)
         self.placed = set(placed) if placed and self._staged_products_open() else set()
         if not self.placed:
@@ -131,7 +134,7 @@ class CubeAssembly:
         order = sorted(self.waiting)
         if 0 not in self.placed and 0 not in self.waiting:
             return
-        started = time.time()
+        started, io_before = time.time(), psutil.Process().io_counters().write_bytes
         for index in order:
             try:
                 self._place(self.chunks[index], create=(index == 0))
@@ -143,6 +146,7 @@ class CubeAssembly:
             self.placed.add(index)
             on_placed(index)
         self.seconds += time.time() - started
+        self.bytes_written += psutil.Process().io_counters().write_bytes - io_before
 
     def _place(self, chunk: Chunk, create: bool) -> None:
         from casatools import image
@@ -213,6 +217,7 @@ class CubeAssembly:
         shutil.rmtree(self.staging, ignore_errors=True)
         return {
             "placing_seconds": self.seconds,
+            "concat_bytes_written": self.bytes_written,
             "concat_seconds": time.time() - started,  # what remained after the last chunk
             "product_bytes": sum(_dir_bytes(Path(f"{imagename}.{p}")) for p in made),
             "products": made,
