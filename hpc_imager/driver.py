@@ -117,6 +117,7 @@ def image_cube(
         "imagename": imagename,
         "nchan": grid.nchan,
         "channels_per_task": spec.parallel.channels_per_task,
+        "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name},  # for `status` while it runs
     }
     journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
     if resume and (run_dir / "report.json").exists():

@@ -26,6 +26,7 @@ class ChunkState:
     answered_at: float | None = None
     metrics: dict | None = None
     errors: list[str] = field(default_factory=list)
+    placed: bool = False  # copied into the final cube being assembled
 
 
 @dataclass
@@ -68,12 +69,16 @@ class RunStatus:
                               if c.state == "running" and c.submitted_at)
         return max(0.0, (left * mean - running_elapsed) / parallel)
 
-    def planned_workers(self) -> int | None:
+    def planned(self, what: str) -> int | None:
+        """The plan's ``workers`` or ``jobs`` (report.json's when the run has ended, else run.json's)."""
         for source in (self.report or {}, self.identity):
             plan = source.get("plan") or {}
-            if plan.get("workers"):
-                return int(plan["workers"])
+            if plan.get(what):
+                return int(plan[what])
         return None
+
+    def planned_workers(self) -> int | None:
+        return self.planned("workers")
 
     def as_dict(self) -> dict:
         eta = self.eta_seconds()
@@ -84,8 +89,10 @@ class RunStatus:
             "chunks": self.total_chunks,
             **{state: self.count(state) for state in ("done", "running", "failed", "pending")},
             "failed_attempts": sum(len(c.errors) for c in self.chunks.values()),
+            "placed": sum(c.placed for c in self.chunks.values()),
             "workers_seen": self.workers(),
             "planned_workers": self.planned_workers(),
+            "planned_jobs": self.planned("jobs"),
             "elapsed_seconds": (self.last_event - self.first_event) if self.first_event else 0.0,
             "eta_seconds": eta,
         }
@@ -122,6 +129,8 @@ def read_status(run_dir: Path) -> RunStatus:
                 chunk.state, chunk.submitted_at, chunk.answered_at = "running", event["time"], None
         elif event["event"] == "done":
             chunk.state, chunk.answered_at, chunk.metrics = "done", event["time"], event["metrics"]
+        elif event["event"] == "placed":
+            chunk.placed = True
         elif event["event"] == "failed":
             chunk.errors.append(event["error"])
             if chunk.state != "done" and event["attempt"] == chunk.attempts:
@@ -146,8 +155,9 @@ def format_status(status: RunStatus) -> str:
     lines = [
         f"run {d['run_dir']} ({d['imagename']}): {d['status']}",
         f"chunks {d['chunks']}: {d['done']} done, {d['running']} running, {d['failed']} failed,"
-        f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all)",
-        f"workers: {d['planned_workers'] or '?'} planned, {len(d['workers_seen'])} have finished chunks"
+        f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); {d['placed']} placed in the cube",
+        f"workers: {d['planned_workers'] or '?'} planned in {d['planned_jobs'] or '?'} job(s),"
+        f" {len(d['workers_seen'])} have finished chunks"
         f" ({', '.join(d['workers_seen']) or 'none yet'})",
         f"elapsed {_duration(d['elapsed_seconds'])}; "
         + ("finished" if status.finished else f"time left about {_duration(d['eta_seconds'])}"),
