@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .status import _events, read_status
+from .status import journal_events, read_status
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Bar:
 
 def timeline(run_dir: Path) -> list[Bar]:
     """Every finished or failed attempt in the run's journal, as drawn in report.png."""
-    events = _events(Path(run_dir) / "journal.jsonl")
+    events = journal_events(Path(run_dir) / "journal.jsonl")
     t0 = min((e["time"] for e in events), default=0.0)
     submitted = {(e["chunk"], e["attempt"]): e["time"] - t0 for e in events if e["event"] == "submitted"}
     bars = []

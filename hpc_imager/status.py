@@ -98,7 +98,8 @@ class RunStatus:
         }
 
 
-def _events(journal: Path) -> list[dict]:
+def journal_events(journal: Path) -> list[dict]:
+    """Every complete line of a journal.jsonl (one being written right now is skipped)."""
     if not journal.exists():
         return []
     events = []
@@ -119,7 +120,7 @@ def read_status(run_dir: Path) -> RunStatus:
     identity = json.loads(identity_path.read_text())
     report_path = run_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else None
-    events = _events(run_dir / "journal.jsonl")
+    events = journal_events(run_dir / "journal.jsonl")
     chunks: dict[int, ChunkState] = {}
     for event in events:
         chunk = chunks.setdefault(event["chunk"], ChunkState(event["chunk"]))
