@@ -164,15 +164,24 @@ class CubeAssembly:
                 target.open(f"{self.staged_name}.{product}")
                 # pixels and pixel mask, copied inside casacore (no part-sized numpy copy in the driver)
                 target.insert(infile=str(part / f"part.{product}"), locate=[0] * (len(source.shape()) - 1) + [chunk.first])
-                beams = source.restoringbeam()
-                if "beams" in beams:
-                    for plane in range(int(beams["nChannels"])):
-                        for stokes in range(int(beams["nStokes"])):
-                            target.setrestoringbeam(beam=beams["beams"][f"*{plane}"][f"*{stokes}"],
-                                                    channel=chunk.first + plane, polarization=stokes)
+                self._copy_beams(source, target, chunk)
             finally:
                 target.done()
                 source.done()
+
+    def _copy_beams(self, source, target, chunk: Chunk) -> None:
+        """The part's beams into its planes. A part of one channel has one beam for the image, not
+        per-plane beams (tested: channel-index grid in 1-channel chunks); in a longer cube it is
+        that plane's beam, as imageconcat makes it."""
+        beams = source.restoringbeam()
+        if not beams or self.nchan == 1:
+            return  # no beam (pb, residual, ...), or the one-channel cube kept chunk 0's as it is
+        shape = list(source.shape())
+        per_plane = beams.get("beams")
+        for plane in range(shape[-1]):
+            for stokes in range(int(beams.get("nStokes", shape[-2]))):
+                beam = per_plane[f"*{plane}"][f"*{stokes}"] if per_plane else beams
+                target.setrestoringbeam(beam=beam, channel=chunk.first + plane, polarization=stokes)
 
     def _create(self, source, outfile: str) -> None:
         """An image of the whole cube's shape with ``source``'s (chunk 0's) header."""
@@ -186,8 +195,8 @@ class CubeAssembly:
             im.setbrightnessunit(source.brightnessunit())
             im.setmiscinfo(source.miscinfo())
             beams = source.restoringbeam()
-            if beams and "beams" not in beams:
-                im.setrestoringbeam(beam=beams)  # one beam for the whole image
+            if beams and "beams" not in beams and self.nchan == 1:
+                im.setrestoringbeam(beam=beams)  # a one-channel cube: one beam, as serial's
             if source.maskhandler("get")[0] not in ("T", ""):
                 im.calcmask("T", name=source.maskhandler("default")[0] or "mask0")
             if self.tabular_axis is not None:
