@@ -155,7 +155,7 @@ def format_status(status: RunStatus) -> str:
     d = status.as_dict()
     lines = [
         f"run {d['run_dir']} ({d['imagename']}): {d['status']}",
-        f"chunks {d['chunks']}: {d['done']} done, {d['running']} running, {d['failed']} failed,"
+        f"chunks {d['chunks']}: {d['done']} done, {d['running']} running (or waiting on a worker), {d['failed']} failed,"
         f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); {d['placed']} placed in the cube",
         f"workers: {d['planned_workers'] or '?'} planned in {d['planned_jobs'] or '?'} job(s),"
         f" {len(d['workers_seen'])} have finished chunks"

@@ -49,7 +49,7 @@ def test_status_while_running_and_after_and_report_png_shows_every_chunk(tmp_pat
     assert (finished["status"], finished["done"], finished["pending"], finished["eta_seconds"]) == ("complete", 8, 0, 0)
     assert finished["failed_attempts"] == 1 and finished["placed"] == 8  # chunk 5's first attempt failed
     text = run_cli("status", run_dir).stdout
-    assert "8 done, 0 running, 0 failed, 0 pending (1 failed attempts in all); 8 placed in the cube" in text
+    assert "8 done, 0 running (or waiting on a worker), 0 failed, 0 pending (1 failed attempts in all); 8 placed in the cube" in text
 
     png = run_dir / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
