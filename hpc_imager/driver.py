@@ -137,7 +137,7 @@ def image_cube(
                             placed={c.index for c in chunks if journal.record(c.index).placed})
     for chunk in set(chunks) - set(todo):
         assembly.arrived(chunk)
-    assembly.place_waiting(journal.placed)
+    assembly.wait_placed(journal.placed)
     run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
     for caveat in grid.caveats():
         console.print(f"hpc_imager: warning: {caveat}")
@@ -164,6 +164,7 @@ def image_cube(
         "failures": passes.failures,
     }
     if lost:
+        assembly.wait_placed(journal.placed)  # what arrived is placed and recorded before the run ends
         report["missing_channels"] = [ch for c in lost for ch in c.channels]
         _write_report(run_dir, report)
         _draw_report(run_dir, console)
@@ -172,7 +173,7 @@ def image_cube(
             f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
             + passes.memory_note
         )
-    report["concat"] = assembly.finish()
+    report["concat"] = assembly.finish(journal.placed)
     report["wall_seconds"] = time.time() - started
     if compare_serial:
         from .serial_check import compare_with_serial
