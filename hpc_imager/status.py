@@ -69,6 +69,13 @@ class RunStatus:
                               if c.state == "running" and c.submitted_at)
         return max(0.0, (left * mean - running_elapsed) / parallel)
 
+    def _unfinished_state(self) -> str:
+        """No report.json yet: imaging, assembling (every chunk done: the last parts being placed and
+        renamed), or stopped (nothing in flight: the driver was killed; --resume goes on)."""
+        if self.count("running"):
+            return "running"
+        return "assembling" if self.count("done") == self.total_chunks else "stopped"
+
     def planned(self, what: str) -> int | None:
         """The plan's ``workers`` or ``jobs`` (report.json's when the run has ended, else run.json's)."""
         for source in (self.report or {}, self.identity):
@@ -85,7 +92,7 @@ class RunStatus:
         return {
             "run_dir": str(self.run_dir),
             "imagename": self.identity.get("imagename"),
-            "status": (self.report or {}).get("status", "running" if self.count("running") else "stopped"),
+            "status": (self.report or {}).get("status", self._unfinished_state()),
             "chunks": self.total_chunks,
             **{state: self.count(state) for state in ("done", "running", "failed", "pending")},
             "failed_attempts": sum(len(c.errors) for c in self.chunks.values()),
