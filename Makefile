@@ -1,6 +1,6 @@
 # make demo: set up and image the NGC5921 demo cube on --site local
 # make test: set up, start Slurm/SGE on localhost (as root), run the whole test suite (what CI runs)
-# make bench: parallel vs serial tclean on NGC5921 at 1024², measured in one run
+# make bench: serial tclean, pclean 0.2.3 and hpc_imager in one run (docs/benchmarks.md); long: an hour or more
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -24,4 +24,5 @@ test: setup schedulers
 	$(PY) -m pytest -ra
 
 bench: setup
-	$(PY) benchmarks/parallel_vs_serial.py
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench.py

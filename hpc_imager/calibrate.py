@@ -109,5 +109,5 @@ def store(calibration: Calibration, site_file: Path) -> None:
 def default_sizes(spec: CubeSpec) -> list[tuple[int, int]]:
     """Three tasks around the cube's own size, small enough to be quick."""
     side = min(int(image_pixels(spec.tclean.imsize) ** 0.5), 2048)
-    channels = spec.parallel.channels_per_task
+    channels = spec.parallel.channels_per_task or 8  # the default's usual choice on 2 workers (chunk_size.py)
     return [(max(side // 4, 64), channels), (max(side // 2, 128), channels), (side, channels)]

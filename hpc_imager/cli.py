@@ -113,10 +113,12 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
 @_cube_on_site
 def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
     """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
+    from .chunk_size import with_channels_per_task
     from .estimate import estimate_task, mosaic_fields
     from .preflight import check_cube
 
-    check_cube(spec)  # an estimate for a cube tclean would reject is no use
+    grid = check_cube(spec)  # an estimate for a cube tclean would reject is no use
+    spec = with_channels_per_task(spec, profile, grid.nchan, mosaic_fields(spec))
     result = estimate_task(spec, profile, mosaic_fields(spec))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -133,11 +135,14 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
+    from .chunk_size import with_channels_per_task
     from .estimate import estimate_task, mosaic_fields
     from .plan import make_plan
     from .preflight import check_cube
 
-    chunks = check_cube(spec).chunks(spec.parallel.channels_per_task)
+    grid = check_cube(spec)
+    spec = with_channels_per_task(spec, profile, grid.nchan, mosaic_fields(spec))
+    chunks = grid.chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:
@@ -254,6 +259,23 @@ def sites_validate(file: Path) -> None:
 
     profile = load_site(str(file) if str(file).endswith(".toml") else f"{file}.toml")
     click.echo(f"{file}: valid {profile.scheduler} site '{profile.name}'")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--plot", is_flag=True, help="Also (re)draw RUN_DIR/report.png.")
+@json_option
+@_user_errors
+def status(run_dir: Path, plot: bool, as_json: bool) -> None:
+    """What a run (running or finished) has done: chunks done, running, failed, pending; workers; ETA."""
+    from .status import format_status, read_status
+
+    state = read_status(run_dir)
+    click.echo(json.dumps(state.as_dict(), indent=2) if as_json else format_status(state))
+    if plot:
+        from .report_plot import write_report_png
+
+        click.echo(f"wrote {write_report_png(run_dir)}", err=True)
 
 
 @main.command()

@@ -21,6 +21,7 @@ import psutil
 from . import casa_setup
 from .channel_grid import Chunk
 from .preflight import casa_message
+from .task_timings import tclean_step_seconds
 
 # Products tclean makes for every cube (others, such as .mask or .image.pbcor, only when asked).
 REQUIRED_PRODUCTS = ("image", "residual", "model", "psf", "pb", "sumwt")
@@ -118,6 +119,7 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
     (run_dir / "logs").mkdir(exist_ok=True)
     casalog.setlogfile(str(run_dir / "logs" / f"{chunk.name}.attempt-{attempt}.casa.log"))
     casalog.showconsole(False)  # CASA's messages belong in the chunk's log, not the driver's terminal
+    casalog.filter("INFO3")  # tclean logs its per-step timings at INFO3 (read back into the metrics)
 
     _reset_peak_rss()
     started = time.time()
@@ -135,12 +137,14 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
         _release_casa()
     wall = time.time() - started
     peak = _peak_rss_bytes()
+    steps = tclean_step_seconds(Path(casalog.logfile()).read_text(errors="replace"), wall)
 
     missing = [p for p in REQUIRED_PRODUCTS if not (scratch / f"part.{p}").is_dir()]
     if missing:
         severe = _first_severe(Path(casalog.logfile()))
         raise ChunkFailed(f"tclean left no {', '.join('.' + p for p in missing)}"
                           + (f": {severe}" if severe else f" (see {casalog.logfile()})"))
+    finishing = time.time()
     if chunk.guard:
         _trim_guard_channels(scratch, chunk.nchan)
     target = part_path(run_dir, chunk)
@@ -156,6 +160,8 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
         "worker": _worker_name(),
         "host": socket.gethostname(),
         "wall_seconds": wall,
+        "tclean_steps": steps,
+        "finish_seconds": time.time() - finishing,  # trimming guard channels, moving the part into place
         "peak_rss_bytes": peak,
         "rss_after_bytes": psutil.Process().memory_info().rss,
     }

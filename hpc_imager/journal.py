@@ -1,8 +1,12 @@
 """The run directory's durable record: which cube it is for and what became of each chunk.
 
 ``run.json`` is written once and names the cube (its fingerprint); ``journal.jsonl`` is appended
-to, one fsync'd JSON line per event, so a driver killed at any instant leaves a journal that says
-exactly which chunks were done. A torn last line (killed mid-write) is ignored.
+to, one JSON line per event, so a driver killed at any instant leaves a journal that says exactly
+which chunks were done (and which parts were placed into the final cube). A torn last line (killed
+mid-write) is ignored. Outcomes (done, failed, placed) are fsync'd before the driver acts on them;
+a submission is only flushed: losing one in a machine crash costs nothing but its attempt number,
+and an fsync costs 8-20 ms on this project's shared disk, the largest part of the driver's cost per
+task (measured with benchmarks/driver_overhead.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class RunDirectoryError(UserError):
 class ChunkRecord:
     attempts: int = 0
     done: dict | None = None  # the metrics of the attempt that finished it
+    placed: bool = False  # its part is copied into the staged final products (concat.CubeAssembly)
 
 
 class Journal:
@@ -76,23 +81,29 @@ class Journal:
             record.attempts = max(record.attempts, event["attempt"])
         elif event["event"] == "done":
             record.done = event["metrics"]
+        elif event["event"] == "placed":
+            record.placed = True
 
-    def _append(self, event: dict) -> None:
+    def _append(self, event: dict, durable: bool = True) -> None:
         event = dict(event, time=time.time())
         with open(self.path, "a") as f:
             f.write(json.dumps(event) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         self._apply(event)
 
     def record(self, chunk: int) -> ChunkRecord:
         return self.records.get(chunk, ChunkRecord())
 
     def submitted(self, chunk: int, attempt: int) -> None:
-        self._append({"chunk": chunk, "event": "submitted", "attempt": attempt})
+        self._append({"chunk": chunk, "event": "submitted", "attempt": attempt}, durable=False)
 
     def done(self, chunk: int, metrics: dict) -> None:
         self._append({"chunk": chunk, "event": "done", "attempt": metrics["attempt"], "metrics": metrics})
+
+    def placed(self, chunk: int) -> None:
+        self._append({"chunk": chunk, "event": "placed"})
 
     def failed(self, chunk: int, attempt: int, error: str) -> None:
         self._append({"chunk": chunk, "event": "failed", "attempt": attempt, "error": error})

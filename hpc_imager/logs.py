@@ -1,4 +1,4 @@
-"""Where dask's own log messages go: a file in the run directory, not the user's terminal.
+"""Where dask's and CASA's own messages go: files in the run directory, not the user's terminal.
 
 The driver reports every failure itself in one line; the scheduler's and workers' messages (a task
 marked failed, a worker restarted, a traceback) are kept in ``<run>/logs/`` for whoever digs.
@@ -6,8 +6,12 @@ marked failed, a worker restarted, a traceback) are kept in ``<run>/logs/`` for 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import IO
+import os
+import sys
+from pathlib import Path
+from typing import IO, Iterator
 
 
 def send_dask_logs_to(stream: IO[str]) -> None:
@@ -19,3 +23,32 @@ def send_dask_logs_to(stream: IO[str]) -> None:
             logger.removeHandler(old)
         logger.addHandler(handler)
         logger.propagate = False
+
+
+@contextlib.contextmanager
+def casa_messages_to(log: Path) -> Iterator[None]:
+    """CASA's log and everything written to this process's stderr (fd 2) go to ``log`` meanwhile.
+
+    casalog.showconsole(False) is not enough: casacore writes SEVERE messages to stderr itself
+    (measured: casadata's out-of-date leap-second table prints three SEVERE lines on every
+    importuvfits with the console off). Python exceptions still propagate, so real failures reach
+    the caller, which names ``log`` in its one-line error.
+    """
+    from casatasks import casalog
+
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    previous_log = casalog.logfile()
+    casalog.setlogfile(str(log))
+    casalog.showconsole(False)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "a") as sink:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        casalog.setlogfile(previous_log)

@@ -54,7 +54,7 @@ def test_paths_are_relative_to_the_cube_toml_and_defaults_are_tcleans():
     assert spec.tclean.imagename == "/data/m51/cube"
     assert spec.tclean.mask == "circle[[10pix,10pix],5pix]", "region text is not a path"
     assert spec.tclean.specmode == "cube" and spec.tclean.deconvolver == "hogbom" and spec.tclean.niter == 0
-    assert spec.parallel.channels_per_task == 1 and spec.parallel.retries == 2
+    assert spec.parallel.channels_per_task is None and spec.parallel.retries == 2  # None: chosen at run time
     assert spec.run_directory == Path("/data/m51/cube.hpcrun")
 
 
@@ -99,4 +99,4 @@ def test_reference_docs_are_generated_from_the_schema():
     committed = (Path(__file__).parents[1] / "docs" / "cube-reference.md").read_text()
     generated = run_cli("reference").stdout
     assert committed == generated, "regenerate: python -m hpc_imager reference > docs/cube-reference.md"
-    assert "| `channels_per_task` | int | `1` |" in generated and "| `niter` | `0` |" in generated
+    assert "| `channels_per_task` | int | `None` |" in generated and "| `niter` | `0` |" in generated

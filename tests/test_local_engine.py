@@ -52,13 +52,16 @@ def test_common_beam_is_one_beam_over_all_channels(tmp_path, ngc5921_ms, serial_
     assert common["major"]["value"] >= max(majors) * (1 - 1e-6)
 
 
-def test_concat_writes_the_pixels_once(tmp_path, ngc5921_ms):
+def test_assembly_writes_the_pixels_a_bounded_number_of_times(tmp_path, ngc5921_ms):
+    """Parts are placed into zero-filled staged images whose tiles span several channels: measured
+    2.5-2.8 × the product bytes at 256²-512² (imageconcat after the last chunk wrote them once, but
+    on the critical path; see docs/benchmarks.md)."""
     cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 24}, {"channels_per_task": 6, "workers": 2})
     run_cli("submit", "--site", "local", cube)
     concat = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())["concat"]
     cube_bytes = 256 * 256 * 24 * 4  # float32 pixels of one product
     assert concat["product_bytes"] > 5 * cube_bytes  # image, residual, model, psf, pb (+ the small sumwt)
-    assert concat["concat_bytes_written"] <= 1.25 * concat["product_bytes"]
+    assert concat["concat_bytes_written"] <= 3.5 * concat["product_bytes"]
 
 
 def test_refuses_to_overwrite_and_to_reuse_a_run_directory(tmp_path, ngc5921_ms):

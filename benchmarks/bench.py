@@ -1,0 +1,266 @@
+"""The benchmark: serial tclean, pclean 0.2.3 and hpc_imager side by side, in ONE run of this script.
+
+    python benchmarks/bench.py [--out benchmarks/results] [--quick]
+
+Every imaging run is a fresh Python process (so each pays its own imports and CASA start-up, as a
+user would), one after the other, on the same machine, with the same tclean keywords:
+
+- NGC5921 (63 channels) at 1024², briggs 0.5, niter 0 and niter 300: serial tclean, pclean
+  (2 workers, explicit nchan, cube_chunksize = ours), hpc_imager (2 workers);
+- a simulated 512-channel cube at 128² (casatools' simulator, VLA D from casadata), niter 0;
+- the machine's own limit: two serial tclean processes, each on one half of the channels, at once,
+  against one on the whole cube (what 2 workers on 2 cores could at best reach);
+- the driver's own cost per task: 10 000 trivial tasks through the real driver loop (journal,
+  progress bar, retries with 1 % injected failures) on 2 local workers.
+
+Writes ``<out>/bench-<UTC time>.json`` and ``.png`` and prints a summary. Ratios are meaningful
+only within one run: the machine may be shared, and the load average is recorded before and
+after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BRIGGS = {"weighting": "briggs", "robust": 0.5}
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return env
+
+
+def _timed_python(code: str, log: Path) -> float:
+    """Run ``code`` in a fresh interpreter (CASA configured offline first); its wall time."""
+    prelude = "from hpc_imager import casa_setup; casa_setup.configure_offline()\n"
+    started = time.time()
+    with open(log, "w") as out:
+        result = subprocess.run([PYTHON, "-c", prelude + textwrap.dedent(code)], stdout=out, stderr=subprocess.STDOUT,
+                                env=_env(), cwd=log.parent)
+    seconds = time.time() - started
+    if result.returncode:
+        raise RuntimeError(f"benchmark step failed (exit {result.returncode}); see {log}")
+    return seconds
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def serial_tclean(params: dict, work: Path, name: str) -> float:
+    return _timed_python(f"""
+        from casatasks import casalog, tclean
+        casalog.showconsole(False)
+        tclean(**{dict(params, imagename=str(work / name))!r})
+        """, work / f"{name}.log")
+
+
+def two_halves_at_once(params: dict, nchan: int, work: Path, name: str) -> float:
+    """Two serial tclean processes, channels [0, nchan/2) and [nchan/2, nchan), started together."""
+    half = nchan // 2
+    prelude = "from hpc_imager import casa_setup; casa_setup.configure_offline()\n"
+    started = time.time()
+    procs = []
+    for i, (start, count) in enumerate([(0, half), (half, nchan - half)]):
+        code = prelude + textwrap.dedent(f"""
+            from casatasks import casalog, tclean
+            casalog.showconsole(False)
+            tclean(**{dict(params, imagename=str(work / f'{name}-{i}'), start=start, nchan=count, width=1)!r})
+            """)
+        procs.append(subprocess.Popen([PYTHON, "-c", code], stdout=open(work / f"{name}-{i}.log", "w"),
+                                      stderr=subprocess.STDOUT, env=_env(), cwd=work))
+    if any(p.wait() for p in procs):
+        raise RuntimeError(f"a half-cube tclean failed; see {work}/{name}-*.log")
+    return time.time() - started
+
+
+def pclean_run(params: dict, nchan: int, chunk: int | None, work: Path, name: str) -> float:
+    keywords = dict(params, imagename=str(work / name), nchan=nchan, parallel=True, nworkers=2,
+                    cube_chunksize=chunk or -1)  # -1: pclean's default, one sub-cube per worker
+    return _timed_python(f"""
+        from casatasks import casalog
+        casalog.showconsole(False)
+        from pclean import pclean
+        pclean(**{keywords!r})
+        """, work / f"{name}.log")
+
+
+def hpc_imager_run(params: dict, chunk: int | None, work: Path, name: str,
+                   iteration: str | None = None) -> tuple[float, dict]:
+    import tomlkit
+
+    cube = tomlkit.document()
+    cube["tclean"] = dict(params, imagename=str(work / name))
+    cube["parallel"] = ({"workers": 2} | ({"channels_per_task": chunk} if chunk else {})  # None: our default
+                        | ({"iteration": iteration} if iteration else {}))
+    toml = work / f"{name}.toml"
+    toml.write_text(tomlkit.dumps(cube))
+    seconds = _timed_python(f"""
+        import sys
+        from hpc_imager.cli import main
+        sys.argv = ["hpc_imager", "submit", "--site", "local", {str(toml)!r}]
+        main()
+        """, work / f"{name}.log")
+    report = json.loads((work / f"{name}.hpcrun" / "report.json").read_text())
+    return seconds, report
+
+
+def _task_breakdown(report: dict) -> dict:
+    """Worker time per tclean step, summed over the chunks, and the tail after the last chunk."""
+    steps: dict[str, float] = {}
+    for metrics in report["chunk_metrics"]:
+        for step, seconds in metrics.get("tclean_steps", {}).items():
+            steps[step] = round(steps.get(step, 0.0) + seconds, 2)
+    concat = report.get("concat", {})
+    return {
+        "task_seconds_sum": round(sum(m["wall_seconds"] for m in report["chunk_metrics"]), 2),
+        "tclean_steps_sum": steps,
+        "imaging_seconds": round(report["imaging_seconds"], 2),
+        "concat_tail_seconds": round(concat.get("concat_seconds", 0.0), 2),
+        "placing_seconds": round(concat.get("placing_seconds", 0.0), 2),
+        "concat_tail_fraction": round(concat.get("concat_seconds", 0.0) / report["imaging_seconds"], 4),
+        "chunks": report["chunks"],
+        "channels_per_task": report["channels_per_task"],
+        # whole-cube iteration: per step its wall time, longest task and summed task time (the barrier)
+        "iteration_steps": (report.get("iteration_summary") or {}).get("steps", []),
+    }
+
+
+def driver_overhead(tasks: int, work: Path) -> dict:
+    seconds = _timed_python(f"""
+        import json
+        from benchmarks.driver_overhead import measure
+        print(json.dumps(measure({tasks}, {str(work / 'overhead')!r})))
+        """, work / "overhead.log")
+    result = json.loads((work / "overhead.log").read_text().strip().splitlines()[-1])
+    return dict(result, process_seconds=round(seconds, 2))
+
+
+def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, work: Path, limit: bool,
+                    repeat_serial: bool = True) -> dict:
+    entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
+    entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
+    entry["pclean_seconds"] = round(pclean_run(params, nchan, chunk, work, f"{label}-pclean"), 2)
+    seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc")
+    entry["hpc_imager_seconds"] = round(seconds, 2)
+    entry["hpc_imager"] = _task_breakdown(report)
+    if params.get("niter", 0) > 0:  # the default is whole-cube iteration; independent chunks for comparison
+        seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc-per-chunk", iteration="per-chunk")
+        entry["hpc_imager_per_chunk_seconds"] = round(seconds, 2)
+        entry["hpc_imager_per_chunk"] = _task_breakdown(report)
+    if limit:
+        entry["two_halves_at_once_seconds"] = round(two_halves_at_once(params, nchan, work, f"{label}-halves"), 2)
+    if repeat_serial:  # serial again after the others: how much the machine's load drifted meanwhile
+        entry["serial_again_seconds"] = round(serial_tclean(params, work, f"{label}-serial2"), 2)
+    entry["load_after"] = _load()
+    serial = (entry["serial_seconds"] + entry.get("serial_again_seconds", entry["serial_seconds"])) / 2
+    entry["ratio_hpc_imager_over_serial"] = round(entry["hpc_imager_seconds"] / serial, 3)
+    entry["ratio_pclean_over_serial"] = round(entry["pclean_seconds"] / serial, 3)
+    if "hpc_imager_per_chunk_seconds" in entry:
+        entry["ratio_per_chunk_over_serial"] = round(entry["hpc_imager_per_chunk_seconds"] / serial, 3)
+    if limit:
+        entry["machine_limit_ratio"] = round(entry["two_halves_at_once_seconds"] / serial, 3)
+        entry["hpc_imager_over_machine_limit"] = round(entry["hpc_imager_seconds"] / entry["two_halves_at_once_seconds"], 3)
+    print(json.dumps(entry), flush=True)
+    return entry
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cubes = results["cubes"]
+    fig, (bars, tails) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1.2]})
+    kinds = [("serial_seconds", "serial tclean"), ("two_halves_at_once_seconds", "2 halves at once (limit)"),
+             ("pclean_seconds", "pclean 0.2.3"), ("hpc_imager_seconds", "hpc_imager")]
+    width = 0.2
+    for k, (key, label) in enumerate(kinds):
+        values = [c.get(key, math.nan) for c in cubes]
+        xs = [i + (k - 1.5) * width for i in range(len(cubes))]
+        bars.bar(xs, values, width, label=label)
+        for x, v, c in zip(xs, values, cubes):
+            if not math.isnan(v):
+                serial = (c["serial_seconds"] + c.get("serial_again_seconds", c["serial_seconds"])) / 2
+                bars.text(x, v, f"{v / serial:.2f}", ha="center", va="bottom", fontsize=7)
+    bars.set_xticks(range(len(cubes)), [c["cube"] for c in cubes], fontsize=8)
+    bars.set_ylabel("wall seconds (label: / serial, mean of its runs)")
+    bars.legend(fontsize=8)
+    bars.set_title(f"one run, {results['started_utc']} UTC, load {cubes[0]['load_before']}–{cubes[-1]['load_after']}",
+                   fontsize=9)
+    tails.bar([c["cube"] for c in cubes], [100 * c["hpc_imager"]["concat_tail_fraction"] for c in cubes])
+    tails.axhline(5, color="tab:red", ls="--", label="target 5 %")
+    overhead = results.get("driver_overhead", {})
+    tails.set_title(f"concat tail (% of imaging); driver {overhead.get('ms_per_task', float('nan')):.1f} ms/task",
+                    fontsize=9)
+    tails.tick_params(axis="x", labelsize=7, rotation=20)
+    tails.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--quick", action="store_true", help="Small sizes: checks the script, measures nothing.")
+    parser.add_argument("--channels-per-task", type=int, default=8)
+    parser.add_argument("--only", default="overhead,sim,ngc300,ngc0", help="Comma-separated parts, run in this order.")
+    parser.add_argument("--imsize", type=int, default=None, help="NGC5921 image side (default 1024).")
+    parser.add_argument("--no-repeat", action="store_true", help="Do not run serial tclean again after the others.")
+    parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from hpc_imager import casa_setup
+
+    casa_setup.configure_offline()
+    from hpc_imager.demo import make_ngc5921_ms
+    from hpc_imager.simulated_ms import SimulatedObservation, make_simulated_ms
+
+    work = Path(tempfile.mkdtemp(prefix="hpc_imager-bench-"))
+    imsize, sim_nchan, sim_imsize, tasks = (256, 64, 64, 300) if args.quick else (1024, 512, 128, 10_000)
+    imsize, tasks = args.imsize or imsize, args.tasks or tasks
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    results: dict = {"started_utc": started, "work": str(work), "cpu_count": os.cpu_count(), "quick": args.quick,
+                     "cubes": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"bench-{started.replace(' ', 'T').replace(':', '')}{'-quick' if args.quick else ''}"
+    ngc = {"vis": str(make_ngc5921_ms(work / "ngc5921.ms")), "field": "2", "specmode": "cube", "nchan": -1,
+           "imsize": [imsize, imsize], "cell": ["15arcsec"], **BRIGGS}
+    for part in args.only.split(","):
+        if part == "overhead":
+            results["driver_overhead"] = driver_overhead(tasks, work)
+            print(json.dumps(results["driver_overhead"]), flush=True)
+        elif part in ("ngc0", "ngc300"):
+            niter = int(part[3:])
+            results["cubes"].append(cube_comparison(f"ngc5921-{imsize}-niter{niter}", dict(ngc, niter=niter), 63,
+                                                    args.channels_per_task, work, limit=True,
+                                                    repeat_serial=not args.no_repeat))
+        elif part == "sim":
+            sim_ms = make_simulated_ms(work / "sim.ms", SimulatedObservation(nchan=sim_nchan))
+            sim = {"vis": str(sim_ms), "specmode": "cube", "nchan": -1, "imsize": [sim_imsize, sim_imsize],
+                   "cell": ["10arcsec"], "niter": 0, **BRIGGS}
+            results["cubes"].append(cube_comparison(f"sim{sim_nchan}-{sim_imsize}-niter0", sim, sim_nchan,
+                                                    None, work, limit=True,  # each tool's default chunking
+                                                    repeat_serial=not args.no_repeat))
+        results["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2))  # after every part: a killed run keeps them
+        if results["cubes"]:
+            plot(results, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json and .png; work directory (not removed) {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The default channels_per_task: from what a task costs, the number of workers and memory.
+
+A task of ``c`` channels takes about ``fixed + c × per_channel`` seconds: ``fixed`` is what every
+tclean call pays whatever its channels (opening and selecting the MS, weighting, setting up the
+imager, writing and closing images: the ``init`` and ``other`` steps in a chunk's tclean_steps),
+``per_channel`` grows with the channels (gridding the PSF and the dirty image, minor cycles).
+``W`` workers take the ``ceil(nchan / c)`` tasks in ``ceil(tasks / W)`` waves, so the run takes
+about ``waves × (fixed + c × per_channel)``, which alone would always pick one wave of huge
+tasks. But equal task times are a model: with niter > 0 the channels with emission clean longer, a
+failed task is imaged again whole, and progress and ETA need tasks to count. So every worker gets
+at least ``MIN_TASKS_PER_WORKER`` tasks (a judgement, not a measurement: a retry then costs at most
+a quarter of a worker's share), each task fits a worker's memory, and among the sizes left we take
+the smallest whose estimated run is within ``SLACK`` of the fastest.
+"""
+
+from __future__ import annotations
+
+import math
+
+SLACK = 0.05  # a run up to 5 % slower than the fastest split buys smaller tasks
+MIN_TASKS_PER_WORKER = 4
+
+# Used when the site has no calibrated task time. From this project's unloaded 2-core measurements
+# (docs/benchmarks.md, NGC5921 1024², two tasks at once): 4-channel tasks cost 40 % more per
+# channel than serial's 0.89 s, 16-channel tasks 30 % more (contention), so a task pays about 0.4 s
+# whatever its size, plus ~0.1 s of the driver's round trip, and 1.1 s per megapixel-channel.
+# (Under load the per-step figures in report.json vary ×3 between runs; these are the quiet ones.)
+DEFAULT_FIXED_SECONDS = 0.5
+DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL = 1.1
+
+
+def run_seconds(nchan: int, workers: int, channels_per_task: int, fixed: float, per_channel: float) -> float:
+    """The estimated wall time of imaging ``nchan`` channels in tasks of ``channels_per_task``."""
+    tasks = math.ceil(nchan / channels_per_task)
+    waves = math.ceil(tasks / workers)
+    return waves * (fixed + min(channels_per_task, nchan) * per_channel)
+
+
+def choose_channels_per_task(nchan: int, workers: int, fixed: float, per_channel: float,
+                             max_channels: int | None = None) -> int:
+    """The smallest channels_per_task within SLACK of the fastest, no larger than ``max_channels``
+    (what one worker's memory holds) nor than leaves each worker MIN_TASKS_PER_WORKER tasks."""
+    if nchan < 1 or workers < 1:
+        raise ValueError("nchan and workers must be at least 1")
+    tasks_wanted = min(nchan, workers * MIN_TASKS_PER_WORKER)
+    allowed = [c for c in range(1, min(max_channels or nchan, nchan) + 1) if math.ceil(nchan / c) >= tasks_wanted]
+    times = {c: run_seconds(nchan, workers, c, fixed, per_channel) for c in allowed or [1]}
+    best = min(times.values())
+    return min(c for c, t in times.items() if t <= best * (1 + SLACK))
+
+
+def max_channels_in_memory(memory_per_worker_bytes: float, base_bytes: float, bytes_per_channel: float) -> int:
+    """The most channels one task may have so that its estimated peak fits a worker's share of a node."""
+    if bytes_per_channel <= 0:
+        return 1 << 30
+    return max(1, int((memory_per_worker_bytes - base_bytes) // bytes_per_channel))
+
+
+def with_channels_per_task(spec, site, nchan: int, fields: int = 1, previous: int | None = None):
+    """``spec`` with channels_per_task filled in when cube.toml left it out: ``previous`` (the value a
+    run being resumed was started with, so its chunks stay the same), else the choice above from the
+    site's calibrated task time (or this project's defaults), the plan's workers for one-channel
+    tasks, and the channels a worker's share of a node (memory / cores) can hold."""
+    from dask.utils import parse_bytes
+
+    from .estimate import GIB, estimate_task
+    from .plan import make_plan
+
+    if spec.parallel.channels_per_task is not None:
+        return spec
+
+    def choosing(channels: int):
+        return spec.model_copy(update={"parallel": spec.parallel.model_copy(update={"channels_per_task": channels})})
+
+    if previous is not None:
+        return choosing(previous)
+    one = estimate_task(choosing(1), site, fields)
+    workers = make_plan(choosing(1), site, one, nchan).workers
+    share = (site.node_memory_bytes - parse_bytes(site.job_memory_overhead)) / site.cores - parse_bytes(site.worker_base)
+    per_channel_bytes = one.bytes_per_pixel_channel * one.factor * one.pixels
+    calibration = site.calibration_for(spec.tclean.gridder, spec.tclean.deconvolver)
+    if calibration and calibration.seconds_per_megapixel_channel:
+        fixed, per_megapixel = calibration.seconds_base, calibration.seconds_per_megapixel_channel
+    else:
+        fixed, per_megapixel = DEFAULT_FIXED_SECONDS, DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL
+    chosen = choose_channels_per_task(nchan, workers, fixed, per_megapixel * one.pixels / 1e6,
+                                      max_channels_in_memory(share, one.base_gib * GIB, per_channel_bytes))
+    return choosing(chosen)

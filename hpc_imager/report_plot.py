@@ -1,0 +1,119 @@
+"""report.png: a run at a glance, drawn from its journal (and report.json when the run has ended).
+
+Top: a timeline with one row per worker; each finished attempt is a bar from the start of its
+tclean (the journal's done time minus the task's wall_seconds) to its end, with a thin line from
+its submission, so time spent queued or setting up a worker shows as the gap. Failed attempts have
+no worker in the journal (the worker may be dead), so they get their own row, in red. Bottom: each
+chunk's peak memory against its worker's memory limit (each pass's limit when chunks were retried
+with more memory), retried chunks outlined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .status import journal_events, read_status
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One attempt on the timeline: seconds since the run's first submission."""
+
+    chunk: int
+    attempt: int
+    row: str  # the worker's name, or "failed attempts"
+    submitted: float
+    start: float
+    end: float
+    kind: str  # "done" | "failed"
+
+
+def timeline(run_dir: Path) -> list[Bar]:
+    """Every finished or failed attempt in the run's journal, as drawn in report.png."""
+    events = journal_events(Path(run_dir) / "journal.jsonl")
+    t0 = min((e["time"] for e in events), default=0.0)
+    submitted = {(e["chunk"], e["attempt"]): e["time"] - t0 for e in events if e["event"] == "submitted"}
+    bars = []
+    for e in events:
+        if e["event"] not in ("done", "failed"):
+            continue
+        end = e["time"] - t0
+        queued = submitted.get((e["chunk"], e["attempt"]), end)
+        if e["event"] == "done":
+            m = e["metrics"]
+            bars.append(Bar(e["chunk"], e["attempt"], str(m.get("worker", "?")), queued,
+                            max(queued, end - m["wall_seconds"]), end, "done"))
+        else:
+            bars.append(Bar(e["chunk"], e["attempt"], "failed attempts", queued, queued, end, "failed"))
+    return bars
+
+
+def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
+    """Draw the run in ``run_dir`` into ``path`` (default ``<run_dir>/report.png``); return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = Path(path or run_dir / "report.png")
+    status = read_status(run_dir)
+    bars = timeline(run_dir)
+    t0 = status.first_event or 0.0
+    workers = sorted({b.row for b in bars if b.kind == "done"})
+    rows = workers + (["failed attempts"] if any(b.kind == "failed" for b in bars) else [])
+    row_of = {name: i for i, name in enumerate(rows)}
+    retried = {c.index for c in status.chunks.values() if c.attempts > 1}
+    span = max((b.end for b in bars), default=1.0)
+
+    fig, (axis, memory) = plt.subplots(2, 1, figsize=(11, 6 + 0.35 * len(rows)),
+                                       gridspec_kw={"height_ratios": [max(1, len(rows)), 3]})
+    for b in bars:
+        y = row_of[b.row]
+        if b.kind == "done":
+            axis.plot([b.submitted, b.start], [y, y], color="0.6", lw=1)
+            color = "tab:orange" if b.chunk in retried else "tab:blue"
+        else:
+            color = "tab:red"
+        axis.barh(y, max(b.end - b.start, 0.002 * span), left=b.start, height=0.6, color=color,
+                  edgecolor="black", lw=0.4)
+        if b.end - b.start > 0.03 * span:
+            axis.text((b.start + b.end) / 2, y, str(b.chunk), ha="center", va="center", fontsize=7, color="white")
+    for c in status.chunks.values():  # running now (or when the driver died): a marker at submission
+        if c.state == "running" and c.submitted_at:
+            axis.plot([c.submitted_at - t0], [0], marker=">", color="tab:green")
+    axis.set_yticks(range(len(rows)), [f"worker {r}" if r in workers else r for r in rows])
+    axis.invert_yaxis()
+    axis.set_xlabel("seconds since the first submission")
+    d = status.as_dict()
+    axis.set_title(f"{Path(str(d['imagename'])).name}: {d['status']}, {d['done']}/{d['chunks']} chunks done,"
+                       f" {d['failed_attempts']} failed attempts (blue: tclean per chunk, orange: retried chunk,"
+                       " grey: queued/set-up, red: failed)", fontsize=9)
+
+    done = [c for c in status.chunks.values() if c.state == "done" and c.metrics]
+    chunks = [c.index for c in done]
+    peaks = [c.metrics["peak_rss_bytes"] / 2**30 for c in done]
+    memory.bar(chunks, peaks, color=["tab:orange" if c in retried else "tab:blue" for c in chunks])
+    plans = [((status.report or {}).get("plan") or status.identity.get("plan"))]
+    plans = [p for p in plans if p] + list((status.report or {}).get("memory_retries", []))
+    for number, plan in enumerate(plans):
+        limit = plan.get("worker_memory_limit_bytes") or 0
+        label = "worker memory limit" if limit else "node memory per worker (limit off)"
+        if not limit and plan.get("processes_per_job"):
+            limit = plan["job_memory_bytes"] / plan["processes_per_job"]
+        if limit:
+            memory.axhline(limit / 2**30, color="tab:red" if number == 0 else "tab:purple", ls="--",
+                           label=f"{label}{' (pass %d)' % (number + 1) if len(plans) > 1 else ''}:"
+                                 f" {limit / 2**30:.2f} GiB")
+    memory.set_xlabel("chunk")
+    memory.set_ylabel("peak memory (GiB)")
+    memory.set_ylim(bottom=0)
+    if plans:
+        memory.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,176 @@
+"""What a run directory says about its run, running or finished: ``python -m hpc_imager status RUN_DIR``.
+
+Read only from the durable record (run.json, journal.jsonl, report.json when the run has ended),
+so it works from another shell, another node, or after the driver was killed. A chunk's state is
+that of its latest attempt: submitted and not yet answered = running; its last answer a failure
+and nothing after = failed (the driver may still retry it); done = done; never submitted = pending.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .journal import RunDirectoryError
+
+
+@dataclass
+class ChunkState:
+    index: int
+    state: str = "pending"  # pending | running | failed | done
+    attempts: int = 0
+    submitted_at: float | None = None  # the latest attempt's
+    answered_at: float | None = None
+    metrics: dict | None = None
+    errors: list[str] = field(default_factory=list)
+    placed: bool = False  # copied into the final cube being assembled
+
+
+@dataclass
+class RunStatus:
+    run_dir: Path
+    identity: dict
+    report: dict | None
+    chunks: dict[int, ChunkState]
+    total_chunks: int
+    first_event: float | None
+    last_event: float | None
+
+    def count(self, state: str) -> int:
+        return sum(1 for c in self.chunks.values() if c.state == state) + (
+            self.total_chunks - len(self.chunks) if state == "pending" else 0)
+
+    @property
+    def finished(self) -> bool:
+        return self.report is not None and self.report.get("status") in ("complete", "incomplete")
+
+    def workers(self) -> list[str]:
+        return sorted({c.metrics["worker"] for c in self.chunks.values() if c.metrics and "worker" in c.metrics})
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Time left: chunks not done × the mean task time of finished chunks / tasks running at once.
+
+        Tasks at once = the plan's workers when run.json or report.json names them, else the
+        distinct workers that have finished chunks (a lower bound, so the estimate errs long)."""
+        done = [c.metrics["wall_seconds"] for c in self.chunks.values() if c.state == "done" and c.metrics]
+        left = self.total_chunks - len(done)
+        if self.finished or left == 0:
+            return 0.0
+        if not done:
+            return None
+        parallel = self.planned_workers() or max(1, len(self.workers()))
+        mean = sum(done) / len(done)
+        now = now or time.time()
+        # the running chunks are partly done already
+        running_elapsed = sum(min(now - c.submitted_at, mean) for c in self.chunks.values()
+                              if c.state == "running" and c.submitted_at)
+        return max(0.0, (left * mean - running_elapsed) / parallel)
+
+    def _unfinished_state(self) -> str:
+        """No report.json yet: imaging, assembling (every chunk done: the last parts being placed and
+        renamed), or stopped (nothing in flight: the driver was killed; --resume goes on)."""
+        if self.count("running"):
+            return "running"
+        return "assembling" if self.count("done") == self.total_chunks else "stopped"
+
+    def planned(self, what: str) -> int | None:
+        """The plan's ``workers`` or ``jobs`` (report.json's when the run has ended, else run.json's)."""
+        for source in (self.report or {}, self.identity):
+            plan = source.get("plan") or {}
+            if plan.get(what):
+                return int(plan[what])
+        return None
+
+    def planned_workers(self) -> int | None:
+        return self.planned("workers")
+
+    def as_dict(self) -> dict:
+        eta = self.eta_seconds()
+        return {
+            "run_dir": str(self.run_dir),
+            "imagename": self.identity.get("imagename"),
+            "status": (self.report or {}).get("status", self._unfinished_state()),
+            "chunks": self.total_chunks,
+            **{state: self.count(state) for state in ("done", "running", "failed", "pending")},
+            "failed_attempts": sum(len(c.errors) for c in self.chunks.values()),
+            "placed": sum(c.placed for c in self.chunks.values()),
+            "workers_seen": self.workers(),
+            "planned_workers": self.planned_workers(),
+            "planned_jobs": self.planned("jobs"),
+            "elapsed_seconds": (self.last_event - self.first_event) if self.first_event else 0.0,
+            "eta_seconds": eta,
+        }
+
+
+def journal_events(journal: Path) -> list[dict]:
+    """Every complete line of a journal.jsonl (one being written right now is skipped)."""
+    if not journal.exists():
+        return []
+    events = []
+    for line in journal.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line, or one being written right now
+    return events
+
+
+def read_status(run_dir: Path) -> RunStatus:
+    """The run's status from its files; RunDirectoryError when RUN_DIR holds no run."""
+    run_dir = Path(run_dir)
+    identity_path = run_dir / "run.json"
+    if not identity_path.exists():
+        raise RunDirectoryError(f"{run_dir} holds no run (no run.json)")
+    identity = json.loads(identity_path.read_text())
+    report_path = run_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else None
+    events = journal_events(run_dir / "journal.jsonl")
+    chunks: dict[int, ChunkState] = {}
+    for event in events:
+        chunk = chunks.setdefault(event["chunk"], ChunkState(event["chunk"]))
+        if event["event"] == "submitted":
+            chunk.attempts = max(chunk.attempts, event["attempt"])
+            if chunk.state != "done":
+                chunk.state, chunk.submitted_at, chunk.answered_at = "running", event["time"], None
+        elif event["event"] == "done":
+            chunk.state, chunk.answered_at, chunk.metrics = "done", event["time"], event["metrics"]
+        elif event["event"] == "placed":
+            chunk.placed = True
+        elif event["event"] == "failed":
+            chunk.errors.append(event["error"])
+            if chunk.state != "done" and event["attempt"] == chunk.attempts:
+                chunk.state, chunk.answered_at = "failed", event["time"]
+    if report and report.get("chunks"):
+        total = int(report["chunks"])
+    else:
+        total = math.ceil(identity["nchan"] / identity["channels_per_task"])
+    times = [e["time"] for e in events if "time" in e]
+    return RunStatus(run_dir, identity, report, chunks, total, min(times, default=None), max(times, default=None))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown (no chunk finished yet)"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def format_status(status: RunStatus) -> str:
+    d = status.as_dict()
+    lines = [
+        f"run {d['run_dir']} ({d['imagename']}): {d['status']}",
+        f"chunks {d['chunks']}: {d['done']} done, {d['running']} running (or waiting on a worker), {d['failed']} failed,"
+        f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); {d['placed']} placed in the cube",
+        f"workers: {d['planned_workers'] or '?'} planned in {d['planned_jobs'] or '?'} job(s),"
+        f" {len(d['workers_seen'])} have finished chunks"
+        f" ({', '.join(d['workers_seen']) or 'none yet'})",
+        f"elapsed {_duration(d['elapsed_seconds'])}; "
+        + ("finished" if status.finished else f"time left about {_duration(d['eta_seconds'])}"),
+    ]
+    for chunk in sorted(status.chunks.values(), key=lambda c: c.index):
+        if chunk.state == "failed" or (chunk.errors and chunk.state != "done"):
+            lines.append(f"  chunk {chunk.index} failed (attempt {chunk.attempts}): {chunk.errors[-1]}")
+    return "\n".join(lines)

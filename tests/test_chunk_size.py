@@ -1,0 +1,47 @@
+"""The default channels_per_task (pure arithmetic; the figures it uses are measured in docs/benchmarks.md)."""
+
+import pytest
+
+from hpc_imager.chunk_size import (MIN_TASKS_PER_WORKER, choose_channels_per_task, max_channels_in_memory,
+                                   run_seconds)
+
+
+def test_run_time_counts_waves_of_tasks():
+    # 63 channels in tasks of 8 → 8 tasks → 4 waves on 2 workers, each 1.5 s + 8 × 0.5 s
+    assert run_seconds(63, 2, 8, 1.5, 0.5) == pytest.approx(4 * (1.5 + 4.0))
+    assert run_seconds(4, 2, 8, 1.5, 0.5) == pytest.approx(1.5 + 4 * 0.5)  # one short task
+
+
+def test_ngc5921_on_two_workers_gets_eight_channels():
+    # 63 channels, 2 workers, the default costs at 1024²: 8 channels make 8 tasks (4 per worker,
+    # 4 waves), the fastest size that leaves every worker 4 tasks
+    assert choose_channels_per_task(63, 2, 1.5, 0.47) == 8
+
+
+def test_no_fixed_cost_means_single_channels():
+    assert choose_channels_per_task(63, 2, 0.0, 0.5) == 1
+
+
+def test_every_worker_gets_several_tasks():
+    c = choose_channels_per_task(1000, 4, 100.0, 0.1)  # huge fixed cost: as large as allowed
+    assert c == 63  # 16 tasks of ≤63 channels = 4 per worker; 64 would make 16 too, but 63 is within slack
+    assert -(-1000 // c) >= 4 * MIN_TASKS_PER_WORKER
+
+
+def test_memory_bounds_the_task():
+    assert choose_channels_per_task(1000, 2, 100.0, 0.1, max_channels=5) == 5
+    assert max_channels_in_memory(4 * 2**30, 0.36 * 2**30, 44 * 1024**2) == int((4 - 0.36) * 2**30 // (44 * 1024**2))
+    assert max_channels_in_memory(0.1 * 2**30, 0.36 * 2**30, 44 * 1024**2) == 1
+
+
+def test_fewer_channels_than_workers():
+    assert choose_channels_per_task(3, 8, 1.5, 0.5) == 1
+
+
+def test_smallest_within_slack_of_fastest():
+    # 100 channels on 1 worker, fixed 1 s, 1 s per channel: 25 is the largest allowed (4 tasks);
+    # the answer is the smallest size within 5 % of the fastest allowed
+    c = choose_channels_per_task(100, 1, 1.0, 1.0)
+    best = min(run_seconds(100, 1, k, 1.0, 1.0) for k in range(1, 26) if -(-100 // k) >= MIN_TASKS_PER_WORKER)
+    assert run_seconds(100, 1, c, 1.0, 1.0) <= best * 1.05
+    assert all(run_seconds(100, 1, k, 1.0, 1.0) > best * 1.05 for k in range(1, c))
