@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hpc_imager.channel_grid import Chunk, resolve_grid
-from hpc_imager.concat import assemble
+from hpc_imager.concat import CubeAssembly
 from hpc_imager.cube_spec import parse_cube_spec
 from hpc_imager.imaging_task import image_chunk
 from hpc_imager.iteration import (
@@ -62,6 +62,14 @@ def serial_tclean(tmp_path_factory, ngc5921_ms):
         return made[key]
 
     return serial
+
+
+def assemble(run_dir: Path, chunks, params: dict) -> None:
+    """The chunks' parts into the final cube, as the driver's assembly does after the last chunk."""
+    assembly = CubeAssembly(run_dir, chunks, params, None, placed=set())
+    for chunk in chunks:
+        assembly.arrived(chunk)
+    assembly.finish(lambda index: None)
 
 
 def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, **keywords) -> tuple[str, dict]:
