@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -33,10 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hpc_imager import casa_setup  # noqa: E402
-from hpc_imager.estimate import GIB, TaskShape, task_peak_bytes  # noqa: E402
+from hpc_imager.estimate import GIB, MsFacts, TaskShape, ms_facts, task_peak_bytes  # noqa: E402
 from hpc_imager.simulated_ms import SimulatedObservation, make_simulated_ms  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "memory_matrix.json"
+DEFAULT_WORK = Path("/tmp/hpc_imager-memory-matrix")
+# CASA log lines that say how big its convolution functions and caches were (kept with each row).
+CASA_LOG_SIGNS = ("W projection using", "Memory used in gridding function", "Convolution support",
+                  "onvolution function", "memory", "Memory", "planes", "facets")
 BYTES_PER_PRODUCT_PIXEL = 4 * 9  # image, residual, model, psf, pb, sumwt, weight, mask, pbcor at float32
 
 # Data sets: NGC5921 (VLA D, 63 channels, RR LL) and simulated VLA D cubes (hpc_imager.simulated_ms).
@@ -66,7 +71,12 @@ def _row(name: str, **settings) -> dict:
 
 
 def design() -> list[dict]:
-    """One factor at a time around base points, plus combinations used to validate the model."""
+    """One factor at a time around base points, plus combinations used to validate the model.
+
+    Sized to run in about an hour on a shared 2-core machine (load ~10 from other work): every
+    factor is varied at two or three sizes, not crossed with every other; mosaic rows are the
+    slowest (each pointing's convolution function takes about a minute to compute here).
+    """
     rows = []
     # Size and channels (standard, hogbom, niter 0): the per pixel-channel term and the base.
     for imsize in (256, 512, 1024, 2048, 4096):
@@ -74,51 +84,47 @@ def design() -> list[dict]:
     for nchan in (1, 16, 63):
         rows.append(_row(f"std-1024-{nchan}", nchan=nchan))
     rows += [_row("std-4096-1", imsize=4096, nchan=1), _row("std-8192-1", imsize=8192, nchan=1),
-             _row("std-2048-16", imsize=2048, nchan=16), _row("sim-std-512-64", data="sim-p1", imsize=512, nchan=64)]
+             _row("sim-std-512-64", data="sim-p1", imsize=512, nchan=64)]
     # Weighting: the weight-density grid (per channel with perchanweightdensity).
-    for weighting in ("briggs", "briggsbwtaper", "uniform"):
-        rows.append(_row(f"{weighting}-1024-4", weighting=weighting))
-        rows.append(_row(f"{weighting}-2048-16", weighting=weighting, imsize=2048, nchan=16))
+    rows += [_row("briggs-1024-4", weighting="briggs"), _row("briggsbwtaper-1024-4", weighting="briggsbwtaper"),
+             _row("briggs-2048-16", weighting="briggs", imsize=2048, nchan=16)]
     # Stokes planes.
     rows += [_row("sim-I-1024-4", data="sim-p1-pol", imsize=1024),
-             _row("sim-IQUV-1024-4", data="sim-p1-pol", imsize=1024, stokes="IQUV"),
-             _row("sim-IQUV-2048-4", data="sim-p1-pol", imsize=2048, stokes="IQUV")]
+             _row("sim-IQUV-1024-4", data="sim-p1-pol", imsize=1024, stokes="IQUV")]
     # Deconvolvers (niter > 0): images the minor cycle keeps, per channel plane.
-    for imsize, nchan in ((1024, 4), (2048, 1), (4096, 1)):
-        for deconvolver, scales in (("hogbom", []), ("clark", []), ("multiscale", [0, 5, 15]),
-                                    ("multiscale", [0, 5, 15, 45]), ("mem", [])):
-            if deconvolver == "mem" and imsize == 4096:
-                continue
-            tag = f"{deconvolver}{len(scales) or ''}"
-            rows.append(_row(f"{tag}-{imsize}-{nchan}", imsize=imsize, nchan=nchan, niter=200,
-                             deconvolver=deconvolver, scales=scales))
-    rows.append(_row("hogbom-1024-16", nchan=16, niter=200))
-    rows.append(_row("multiscale3-1024-16", nchan=16, niter=200, deconvolver="multiscale", scales=[0, 5, 15]))
+    decons = {"hogbom": [], "clark": [], "multiscale3": [0, 5, 15], "multiscale4": [0, 5, 15, 45], "mem": []}
+    for tag, scales in decons.items():
+        rows.append(_row(f"{tag}-1024-4", niter=200, deconvolver=tag.rstrip("34"), scales=scales))
+    for tag in ("hogbom", "multiscale3", "mem"):
+        rows.append(_row(f"{tag}-2048-1", imsize=2048, nchan=1, niter=200, deconvolver=tag.rstrip("34"),
+                         scales=decons[tag]))
+    rows += [_row("multiscale3-4096-1", imsize=4096, nchan=1, niter=200, deconvolver="multiscale",
+                  scales=[0, 5, 15]),
+             _row("hogbom-1024-16", nchan=16, niter=200),
+             _row("multiscale3-1024-16", nchan=16, niter=200, deconvolver="multiscale", scales=[0, 5, 15])]
     # Masks.
+    rows.append(_row("pbmask-1024-4", niter=200, usemask="pb", pbmask=0.3))
     for imsize, nchan in ((1024, 4), (2048, 4), (1024, 16)):
-        rows.append(_row(f"pbmask-{imsize}-{nchan}", imsize=imsize, nchan=nchan, niter=200, usemask="pb",
-                         pbmask=0.3))
         rows.append(_row(f"automask-{imsize}-{nchan}", imsize=imsize, nchan=nchan, niter=200,
                          usemask="auto-multithresh"))
     # savemodel (on a copy of the MS).
     rows += [_row("savemodel-1024-4", niter=200, savemodel="modelcolumn")]
     # w-projection: fixed planes and automatic (wprojplanes=-1); facets (widefield).
-    for imsize, nchan in ((512, 4), (1024, 4), (2048, 1), (4096, 1)):
-        for planes in (16, 64, -1):
-            rows.append(_row(f"wproject{planes}-{imsize}-{nchan}", imsize=imsize, nchan=nchan, gridder="wproject",
-                             wprojplanes=planes))
-    rows.append(_row("wproject64-1024-16", nchan=16, gridder="wproject", wprojplanes=64))
-    for imsize, nchan, facets, planes in ((1024, 4, 2, 1), (2048, 1, 2, 1), (1024, 4, 4, 1), (1024, 4, 2, 16)):
-        rows.append(_row(f"widefield-f{facets}-w{planes}-{imsize}-{nchan}", imsize=imsize, nchan=nchan,
-                         gridder="widefield", facets=facets, wprojplanes=planes))
+    for imsize, nchan, planes in ((512, 4, 16), (512, 4, 64), (512, 4, -1), (1024, 4, 16), (1024, 4, 64),
+                                  (1024, 4, -1), (2048, 1, 64), (2048, 1, -1), (4096, 1, 16), (4096, 1, -1)):
+        rows.append(_row(f"wproject{planes}-{imsize}-{nchan}", imsize=imsize, nchan=nchan, gridder="wproject",
+                         wprojplanes=planes))
+    for facets, planes in ((2, 16), (4, 16)):
+        rows.append(_row(f"widefield-f{facets}-w{planes}-1024-4", gridder="widefield", facets=facets,
+                         wprojplanes=planes))
     # Mosaic: one pointing (NGC5921 field 2, simulated p1) and 4, 9 pointings (simulated).
-    for imsize, nchan in ((512, 4), (1024, 4), (2048, 1), (4096, 1), (1024, 16)):
+    for imsize, nchan in ((1024, 4), (2048, 1), (4096, 1)):
         rows.append(_row(f"mosaic-ngc-{imsize}-{nchan}", imsize=imsize, nchan=nchan, gridder="mosaic"))
-    for data in ("sim-p1", "sim-p4", "sim-p9"):
-        for imsize, nchan in ((512, 4), (1024, 4), (2048, 1), (1024, 16)):
+    for data, sizes in (("sim-p1", ((1024, 4),)), ("sim-p4", ((512, 4), (1024, 4), (2048, 1))),
+                        ("sim-p9", ((512, 4), (1024, 4)))):
+        for imsize, nchan in sizes:
             rows.append(_row(f"mosaic-{data}-{imsize}-{nchan}", data=data, imsize=imsize, nchan=nchan,
                              gridder="mosaic"))
-    rows.append(_row("mosaic-sim-p9-4096-1", data="sim-p9", imsize=4096, nchan=1, gridder="mosaic"))
     # Combinations (validation): several terms at once.
     rows += [
         _row("combo-mosaic-p4-briggs-ms-automask-1024-4", data="sim-p4", gridder="mosaic", weighting="briggs",
@@ -127,19 +133,24 @@ def design() -> list[dict]:
              weighting="briggs", deconvolver="clark", niter=200),
         _row("combo-IQUV-briggs-hogbom-1024-16", data="sim-p1-pol", nchan=16, stokes="IQUV", weighting="briggs",
              niter=200),
-        _row("combo-mosaic-p9-pbmask-2048-4", data="sim-p9", imsize=2048, gridder="mosaic", niter=200,
-             usemask="pb", pbmask=0.3),
     ]
     return rows
 
 
-def shape_of(row: dict) -> TaskShape:
-    pointings = DATASETS[row["data"]].pointings if DATASETS[row["data"]] else 1
+_FACTS: dict[tuple[str, str, str], MsFacts] = {}
+
+
+def shape_of(row: dict, work: Path = DEFAULT_WORK) -> TaskShape:
+    """The row's task as the estimate sees it (the MS's facts read once per data set and gridder)."""
+    key = (row["data"], row["field"], row["gridder"])
+    if key not in _FACTS:
+        _FACTS[key] = ms_facts(str(_dataset(row["data"], work)), row["field"], row["gridder"])
     return TaskShape(
-        pixels=row["imsize"] ** 2, stokes_planes=len(row["stokes"]) if row["stokes"] != "I" else 1,
-        channels=row["nchan"], gridder=row["gridder"], wprojplanes=row["wprojplanes"], facets=row["facets"],
-        pointings=pointings if row["gridder"] == "mosaic" else 1, deconvolver=row["deconvolver"],
-        scales=len(row["scales"]) or 1, niter=row["niter"], usemask=row["usemask"], weighting=row["weighting"])
+        nx=row["imsize"], ny=row["imsize"], stokes_planes=1 if row["stokes"] == "I" else len(row["stokes"]),
+        channels=row["nchan"], cell_rad=math.radians(float(row["cell"].removesuffix("arcsec")) / 3600),
+        gridder=row["gridder"], wprojplanes=row["wprojplanes"], facets=row["facets"],
+        deconvolver=row["deconvolver"], scales=len(row["scales"]) or 1, niter=row["niter"], usemask=row["usemask"],
+        weighting=row["weighting"], ms=_FACTS[key], casa_memory_bytes=psutil.virtual_memory().total)
 
 
 def tclean_params(row: dict, vis: Path) -> dict:
@@ -164,6 +175,9 @@ def child(row_json: str) -> None:
     job = json.loads(row_json)
     chunk = Chunk(index=0, first=0, nchan=job["row"]["nchan"], start=0, width=1)
     metrics = image_chunk(job["params"], chunk, job["run_dir"], attempt=1)
+    log = Path(job["run_dir"]) / "logs" / f"{chunk.name}.attempt-1.casa.log"
+    metrics["casa_log"] = [line.split("\t")[-1].strip() for line in log.read_text().splitlines()
+                           if any(sign in line for sign in CASA_LOG_SIGNS)][:40]
     print("METRICS " + json.dumps(metrics))
 
 
@@ -204,7 +218,8 @@ def run_row(row: dict, work: Path, max_bytes: int, timeout: float) -> dict:
     if metrics is None:
         reason = "over the memory cap" if over else ("timed out" if time.time() - started > timeout else "failed")
         return {"status": reason, "output_tail": output[-1500:]}
-    return {"status": "ok", "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": metrics["wall_seconds"]}
+    return {"status": "ok", "peak_rss_bytes": metrics["peak_rss_bytes"], "wall_seconds": metrics["wall_seconds"],
+            "casa_log": metrics.get("casa_log", [])}
 
 
 def load_results() -> dict:
@@ -218,18 +233,32 @@ def save_results(results: dict) -> None:
     os.replace(tmp, RESULTS)
 
 
+def _breadth_first(rows: list[dict], work: Path) -> list[dict]:
+    """Cheapest first within each family (std, mosaic, wproject, ...), families taken in turn: an
+    interrupted run has measured every factor at its smaller sizes."""
+    families: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: task_peak_bytes(shape_of(r, work))):
+        families.setdefault(row["name"].split("-")[0], []).append(row)
+    ordered = []
+    while any(families.values()):
+        for family in families.values():
+            if family:
+                ordered.append(family.pop(0))
+    return ordered
+
+
 def run(args) -> None:
     casa_setup.configure_offline()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = [r for r in design() if not args.only or any(o in r["name"] for o in args.only)]
-    rows.sort(key=lambda r: task_peak_bytes(shape_of(r)))  # cheap first: most rows early
+    rows = _breadth_first(rows, work)
     max_bytes = int(args.max_gib * GIB)
     for row in rows:
         results = load_results()
         if row["name"] in results and (results[row["name"]]["status"] == "ok" or not args.retry_failed):
             continue
-        estimate = task_peak_bytes(shape_of(row))
+        estimate = task_peak_bytes(shape_of(row, work))
         disk = row["imsize"] ** 2 * row["nchan"] * (len(row["stokes"]) if row["stokes"] != "I" else 1) \
             * BYTES_PER_PRODUCT_PIXEL
         if estimate > max_bytes or disk > args.max_disk_gib * GIB:
@@ -250,34 +279,45 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    from hpc_imager.estimate import fit_memory_model, leave_one_out
+    """Every measured row: measured, the model's estimate (hpc_imager/estimate.py's constants), and
+    the estimate of terms fitted without that row (leave-one-out); the refitted constants."""
+    from hpc_imager.estimate import MEMORY_TERMS, fit_memory_terms, leave_one_out
 
-    rows = [(shape_of(r["row"]), r["peak_rss_bytes"], name) for name, r in sorted(load_results().items())
-            if r["status"] == "ok"]
-    constants = fit_memory_model([(s, p) for s, p, _ in rows])
-    print("fitted constants:", json.dumps(constants, indent=1))
-    loo = leave_one_out([(s, p) for s, p, _ in rows])
-    worst = (None, 1.0)
-    print(f"{'row':48s} {'measured':>9s} {'estimate':>9s} {'ratio':>6s} {'LOO':>6s}")
+    casa_setup.configure_offline()
+    work = Path(args.work)
+    rows = [(shape_of(r["row"], work), r["peak_rss_bytes"], name) for name, r in sorted(load_results().items())
+            if r["status"] == "ok" and not any(x in name for x in args.exclude)]
+    samples = [(s, p) for s, p, _ in rows]
+    fitted = fit_memory_terms(samples)
+    print("terms fitted on every row (bytes per unit):")
+    for name, value in fitted.items():
+        print(f"  {name:18s} {value:14.4g}   (estimate.py: {MEMORY_TERMS[name]:.4g})")
+    loo = leave_one_out(samples)
+    print(f"\n{'row':46s} {'measured':>9s} {'estimate':>9s} {'ratio':>6s} {'LOO':>6s}  (GiB)")
     for (shape, peak, name), loo_ratio in zip(rows, loo):
-        ratio = task_peak_bytes(shape) / peak
-        print(f"{name:48s} {peak / GIB:9.2f} {task_peak_bytes(shape) / GIB:9.2f} {ratio:6.2f} {loo_ratio:6.2f}")
-        if abs(loo_ratio - 1.075) > abs(worst[1] - 1.075):
-            worst = (name, loo_ratio)
-    print(f"{len(rows)} rows; worst leave-one-out ratio {worst[1]:.2f} ({worst[0]})")
+        estimate = task_peak_bytes(shape)
+        flag = "" if 0.95 <= loo_ratio <= 1.20 else "  <-- outside 0.95…1.20"
+        print(f"{name:46s} {peak / GIB:9.2f} {estimate / GIB:9.2f} {estimate / peak:6.2f} {loo_ratio:6.2f}{flag}")
+    low, high = min(loo), max(loo)
+    print(f"\n{len(rows)} rows; leave-one-out ratios {low:.2f} … {high:.2f}")
+    skipped = {name: r["status"] for name, r in load_results().items() if r["status"] != "ok"}
+    if skipped:
+        print("not measured:", ", ".join(f"{n} ({s})" for n, s in sorted(skipped.items())))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run")
-    run_parser.add_argument("--work", default="/tmp/hpc_imager-memory-matrix")
+    run_parser.add_argument("--work", default=str(DEFAULT_WORK))
     run_parser.add_argument("--max-gib", type=float, default=9.0)
     run_parser.add_argument("--max-disk-gib", type=float, default=8.0)
     run_parser.add_argument("--timeout", type=float, default=1200)
     run_parser.add_argument("--only", nargs="*", help="rows whose name contains one of these")
     run_parser.add_argument("--retry-failed", action="store_true")
-    sub.add_parser("report")
+    report_parser = sub.add_parser("report")
+    report_parser.add_argument("--work", default=str(DEFAULT_WORK))
+    report_parser.add_argument("--exclude", nargs="*", default=[], help="leave rows whose name contains these out")
     child_parser = sub.add_parser("child")
     child_parser.add_argument("job")
     args = parser.parse_args()
