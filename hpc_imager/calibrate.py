@@ -21,7 +21,7 @@ import numpy as np
 import tomlkit
 
 from .channel_grid import resolve_grid
-from .cluster import start_cluster
+from .backends import backend_for
 from .cube_spec import CubeSpec
 from .errors import UserError
 from .estimate import GIB, MEMORY_TERMS, estimate_task, image_pixels, stokes_planes
@@ -53,7 +53,7 @@ def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], wor
     plan = make_plan(largest, site, estimate_task(largest, site), chunks=1)
     grid = resolve_grid(spec.tclean)
     samples = []
-    with start_cluster(plan, site, work_dir) as client:
+    with backend_for(site).cluster(plan, site, work_dir) as client:
         client.register_plugin(PrepareWorker(str(work_dir)))
         for attempt, (imsize, channels) in enumerate(sizes, start=1):
             chunk = grid.chunks(channels)[0]

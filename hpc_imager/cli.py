@@ -14,10 +14,7 @@ from pathlib import Path
 import click
 
 from .cube_spec import CubeSpec, CubeSpecError, ParallelParams, load_cube_spec
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 
 def _fail(message: str, status: int) -> None:
     click.echo(f"hpc_imager: error: {message}", err=True)
@@ -25,23 +22,16 @@ def _fail(message: str, status: int) -> None:
 
 
 def _user_errors(function):
-    """Turn the errors a user can fix into one line and an exit status."""
-    from .concat import ConcatError
-    from .driver import RunIncomplete, WorkersUnavailable
-    from .journal import RunDirectoryError
-    from .plan import PlanRefused
-    from .site_profile import SiteError
+    """Turn an error the user can fix into one line and its exit status."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (CubeSpecError, SiteError, PlanRefused, RunDirectoryError) as error:
-            _fail(str(error).splitlines()[0], EXIT_USAGE)
-        except (RunIncomplete, ConcatError, WorkersUnavailable) as error:
-            _fail(str(error), EXIT_FAILED)
+        except UserError as error:
+            _fail(str(error).splitlines()[0] if error.exit_status == EXIT_USAGE else str(error), error.exit_status)
         except KeyboardInterrupt:
-            _fail("interrupted; run again with --resume to finish", 130)
+            _fail("interrupted; run again with --resume to finish", EXIT_INTERRUPTED)
 
     return wrapper
 
@@ -130,14 +120,14 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 @_cube_on_site
 def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
+    from .backends import backend_for
     from .channel_grid import resolve_grid
-    from .cluster import render_job_script
     from .estimate import estimate_task, mosaic_fields
     from .plan import make_plan
 
     chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
-    script = render_job_script(the_plan, profile, spec.run_directory)
+    script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:
         click.echo(json.dumps(the_plan.as_dict() | {"job_script": script}, indent=2))
     else:
@@ -208,13 +198,11 @@ def calibrate(cube_toml: Path, site: str, sizes: str | None, write: bool, as_jso
 @_user_errors
 def script(cube_toml: Path, site: str) -> None:
     """Print a batch script that runs the driver itself as a job on SITE (sbatch/qsub it)."""
-    from .driver_script import render_driver_script
-    from .site_profile import SiteError, load_site
+    from .backends import backend_for
+    from .site_profile import load_site
 
     profile = load_site(site)
-    if profile.scheduler == "local":
-        raise SiteError(f"site '{profile.name}' runs workers on this machine: run `hpc_imager submit` directly")
-    click.echo(render_driver_script(load_cube_spec(cube_toml), profile, site, cube_toml), nl=False)
+    click.echo(backend_for(profile).driver_script(load_cube_spec(cube_toml), profile, site, cube_toml), nl=False)
 
 
 @main.group()
@@ -280,5 +268,5 @@ def demo(directory: Path, run: bool) -> None:
         return
     started = (spec.run_directory / "run.json").exists()
     if final_products(spec.tclean.imagename) and not started:
-        _fail(f"{spec.tclean.imagename}.* exist but were not made by this demo: move them away", EXIT_USAGE)
+        raise UserError(f"{spec.tclean.imagename}.* exist but were not made by this demo: move them away")
     image_cube(spec, load_site("local"), resume=started)

@@ -18,13 +18,14 @@ from pathlib import Path
 import psutil
 
 from .channel_grid import Chunk
+from .errors import RunFailed
 from .imaging_task import part_path
 
 # Everything tclean may make for a cube, in the order it is assembled.
 PRODUCTS = ("psf", "pb", "sumwt", "weight", "residual", "model", "mask", "image", "image.pbcor")
 
 
-class ConcatError(RuntimeError):
+class ConcatError(RunFailed):
     """The parts cannot be assembled; the message names what is missing."""
 
 

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import UserError
+
 Float = Union[StrictFloat, StrictInt]
 Paths = Union[StrictStr, list[StrictStr]]
 StrOrList = Union[StrictStr, list[StrictStr]]
@@ -139,7 +141,7 @@ TCLEAN_KEYWORDS: dict[str, tuple[Any, Any]] = {
 PATH_KEYWORDS = ("vis", "imagename", "mask", "startmodel", "vptable", "cfcache", "outlierfile")
 
 
-class CubeSpecError(ValueError):
+class CubeSpecError(UserError):
     """A cube.toml that cannot be imaged; the message is one line, fit to print as it is."""
 
 

@@ -12,20 +12,23 @@ import json
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from dask.utils import parse_bytes
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import casa_setup
-from .channel_grid import Chunk, resolve_grid
+from .backends import backend_for
+from .backends.base import Backend
+from .channel_grid import ChannelGrid, Chunk, resolve_grid
 from .concat import assemble, final_products, wants_common_beam
 from .cube_spec import CubeSpec
+from .decisions import Next, after_failure, ran_out_of_memory
+from .errors import RunFailed
+from .estimate import estimate_task, mosaic_fields
 from .imaging_task import image_chunk, part_path
-from .cluster import job_counts, start_cluster
-from .estimate import GIB, estimate_task, mosaic_fields
 from .journal import Journal, RunDirectoryError
 from .logs import send_dask_logs_to
 from .plan import Plan, PlanRefused, make_plan
@@ -33,20 +36,45 @@ from .site_profile import SiteProfile, walltime_seconds
 from .worker_plugin import PrepareWorker
 
 
-class RunIncomplete(RuntimeError):
+class RunIncomplete(RunFailed):
     """Some chunks failed every try; what finished is kept for --resume."""
+
+
+class WorkersUnavailable(RunFailed):
+    """No worker came up within the site's worker_wait."""
+
+
+@dataclass
+class RunContext:
+    """Everything one run's steps share: what to image, where, and where its record is kept."""
+
+    spec: CubeSpec
+    site: SiteProfile
+    backend: Backend
+    run_dir: Path
+    journal: Journal
+    console: Console
+    grid: ChannelGrid
+    chunks: list[Chunk]
+
+    @property
+    def tclean_params(self) -> dict:
+        """tclean's keywords as every chunk gets them (start/width/nchan are added per chunk)."""
+        params = self.spec.tclean.model_dump()
+        if wants_common_beam(params):
+            params["restoringbeam"] = []  # per plane now; the common beam is chosen over all channels at concat
+        return params
+
+    def log_texts(self) -> Iterator[str]:
+        """The run's worker and job logs, where distributed's nanny and the batch system write kills."""
+        logs = self.run_dir / "logs"
+        for path in [*logs.glob("worker-*.log"), *(logs / "jobs").glob("*")]:
+            if path.is_file():
+                yield path.read_text(errors="replace")
 
 
 def _channel_ranges(chunks: list[Chunk]) -> str:
     return ", ".join(f"{c.first}-{c.channels[-1]}" if c.nchan > 1 else str(c.first) for c in chunks)
-
-
-def chunk_tclean_params(spec: CubeSpec) -> dict:
-    """tclean's keywords as every chunk gets them (start/width/nchan are added per chunk)."""
-    params = spec.tclean.model_dump()
-    if wants_common_beam(params):
-        params["restoringbeam"] = []  # per plane now; the common beam is chosen over all channels at concat
-    return params
 
 
 def _progress(console: Console) -> Progress:
@@ -80,8 +108,7 @@ def image_cube(
 
     grid = resolve_grid(spec.tclean)
     chunks = grid.chunks(spec.parallel.channels_per_task)
-    estimate = estimate_task(spec, site, mosaic_fields(spec))
-    plan = make_plan(spec, site, estimate, len(chunks))
+    plan = make_plan(spec, site, estimate_task(spec, site, mosaic_fields(spec)), len(chunks))
     identity = {
         "fingerprint": spec.fingerprint(),
         "imagename": imagename,
@@ -101,6 +128,7 @@ def image_cube(
     casalog.showconsole(False)
     send_dask_logs_to(open(run_dir / "logs" / "driver.dask.log", "a", buffering=1))
 
+    run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks)
     todo = [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
     for caveat in grid.caveats():
         console.print(f"hpc_imager: warning: {caveat}")
@@ -109,7 +137,7 @@ def image_cube(
         f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
     )
     started = time.time()
-    passes = _image_chunks(spec, site, estimate, plan, todo, journal, run_dir, console, grid.nchan)
+    passes = _image_chunks(run, plan, todo)
     lost = passes.lost
     report = {
         "status": "incomplete" if lost else "complete",
@@ -150,16 +178,13 @@ def image_cube(
     return report
 
 
-class WorkersUnavailable(RuntimeError):
-    """No worker came up within the site's worker_wait."""
-
-
-def _wait_for_first_worker(client, site: SiteProfile, console: Console) -> None:
+def _wait_for_first_worker(run: RunContext, client) -> None:
     """Wait as long as the site allows, showing the batch queue; say why when giving up."""
+    site = run.site
     deadline = time.time() + walltime_seconds(site.worker_wait)
-    with console.status("waiting for workers") as status:
+    with run.console.status("waiting for workers") as status:
         while not client.scheduler_info()["workers"]:
-            counts = job_counts(client)
+            counts = run.backend.job_counts(client)
             if time.time() > deadline:
                 queued = f": {counts['pending']} job(s) still pending in the queue" if counts else ""
                 raise WorkersUnavailable(f"no worker started within {site.name}'s worker_wait {site.worker_wait}{queued}; "
@@ -179,34 +204,31 @@ class Passes:
     memory_note: str = ""
 
 
-def _image_chunks(spec: CubeSpec, site: SiteProfile, estimate, plan: Plan, todo: list[Chunk], journal: Journal,
-                  run_dir: Path, console: Console, nchan: int) -> Passes:
+def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk]) -> Passes:
     """Image ``todo`` in a cluster made from ``plan``; chunks killed for memory go round again in a
     cluster whose workers have twice the memory, until they fit or a node cannot hold one worker."""
     passes = Passes(plans=[plan])
     while todo:
-        console.print(f"hpc_imager: {plan.summary()}")
-        with start_cluster(plan, site, run_dir) as client:
-            client.register_plugin(PrepareWorker(str(run_dir)))
-            console.print(f"hpc_imager: dashboard {client.dashboard_link}")
-            _wait_for_first_worker(client, site, console)
-            outcome = _run_chunks(client, spec, plan, todo, journal, run_dir, console,
-                                  done_channels=nchan - sum(c.nchan for c in todo), total_channels=nchan)
+        run.console.print(f"hpc_imager: {plan.summary()}")
+        with run.backend.cluster(plan, run.site, run.run_dir) as client:
+            client.register_plugin(PrepareWorker(str(run.run_dir)))
+            run.console.print(f"hpc_imager: dashboard {client.dashboard_link}")
+            _wait_for_first_worker(run, client)
+            outcome = _run_chunks(run, client, plan, todo)
         passes.lost += outcome.lost
         passes.failures += outcome.failures
         todo = outcome.out_of_memory
         if not todo:
             break
-        twice = (2 * plan.worker_need_bytes - parse_bytes(site.worker_base)) / GIB  # the worker's need doubled
         try:
-            plan = make_plan(spec, site, replace(estimate, task_peak_gib=twice), len(todo))
+            plan = plan.with_more_memory(chunks=len(todo))
         except PlanRefused as refusal:
             passes.lost += todo
             passes.memory_note = f"; channels {_channel_ranges(todo)} ran out of memory and cannot have more: {refusal}"
             break
         passes.plans.append(plan)
-        console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with twice the"
-                      " memory per worker")
+        run.console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with twice the"
+                          " memory per worker")
     return passes
 
 
@@ -217,40 +239,26 @@ class Outcome:
     failures: list[dict] = field(default_factory=list)
 
 
-# What the batch systems, distributed's nanny and Python say when memory ran out, in a task's error
-# or in the run's worker and job logs (Slurm's slurmstepd writes its kill into the job's stderr).
-MEMORY_SIGNS = ("MemoryError", "memory budget", "exceeded memory limit", "OUT_OF_MEMORY", "Out Of Memory")
-
-
-def _ran_out_of_memory(error: Exception, run_dir: Path) -> bool:
-    """A MemoryError in the task (SGE's h_vmem), or a worker that died under it (KilledWorker) with a
-    memory kill recorded in the run's logs by the nanny or the batch system."""
-    if isinstance(error, MemoryError) or "MemoryError" in str(error):
-        return True
-    if type(error).__name__ != "KilledWorker":
-        return False
-    logs = list((run_dir / "logs").glob("worker-*.log")) + list((run_dir / "logs" / "jobs").glob("*"))
-    return any(sign in path.read_text(errors="replace") for path in logs if path.is_file() for sign in MEMORY_SIGNS)
-
-
-def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: Journal, run_dir: Path,
-                console: Console, done_channels: int, total_channels: int) -> Outcome:
+def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk]) -> Outcome:
     """Keep at most max_in_flight chunks submitted; retry failures; say which chunks were given up on."""
     from distributed import as_completed
 
-    params = chunk_tclean_params(spec)
-    max_in_flight = spec.parallel.max_in_flight or plan.workers
+    params = run.tclean_params
+    journal = run.journal
+    max_in_flight = run.spec.parallel.max_in_flight or plan.workers
     queue = deque(todo)
     tries: dict[int, int] = {}
     in_flight: dict[str, tuple[Chunk, int]] = {}
     outcome = Outcome()
     pending = as_completed()
+    total_channels = run.grid.nchan
+    done_channels = total_channels - sum(c.nchan for c in todo)
 
     def submit(chunk: Chunk) -> None:
         attempt = journal.record(chunk.index).attempts + 1
         journal.submitted(chunk.index, attempt)
         tries[chunk.index] = tries.get(chunk.index, 0) + 1
-        future = client.submit(image_chunk, params, chunk, str(run_dir), attempt,
+        future = client.submit(image_chunk, params, chunk, str(run.run_dir), attempt,
                                key=f"{chunk.name}-attempt-{attempt}", pure=False)
         in_flight[future.key] = (chunk, attempt)
         pending.add(future)
@@ -260,7 +268,7 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
             submit(queue.popleft())
 
     started = time.time()
-    with _progress(console) as progress:
+    with _progress(run.console) as progress:
         bar = progress.add_task("imaging", total=total_channels, completed=done_channels, rate="", failures=0,
                                 workers="")
         refill()
@@ -268,15 +276,19 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
             chunk, attempt = in_flight.pop(future.key)
             try:
                 metrics = future.result()
-            except Exception as error:  # any failure of the task or its worker: retry the chunk
+            except Exception as error:  # any failure of the task or its worker: decide what next
                 message = f"{type(error).__name__}: {error}"
                 journal.failed(chunk.index, attempt, message)
                 outcome.failures.append({"chunk": chunk.index, "attempt": attempt, "error": message})
                 progress.console.print(f"hpc_imager: {chunk.name} (channels {_channel_ranges([chunk])}) failed"
                                        f" on attempt {attempt}: {message}")
-                if _ran_out_of_memory(error, run_dir):
-                    outcome.out_of_memory.append(chunk)  # the same memory would fail again
-                elif tries[chunk.index] <= spec.parallel.retries:
+                out_of_memory = ran_out_of_memory(type(error).__name__, str(error), run.log_texts(),
+                                                  run.backend.memory_signs)
+                step = after_failure(out_of_memory=out_of_memory, tries=tries[chunk.index],
+                                     retries=run.spec.parallel.retries)
+                if step is Next.MORE_MEMORY:
+                    outcome.out_of_memory.append(chunk)
+                elif step is Next.RETRY:
                     queue.appendleft(chunk)
                 else:
                     outcome.lost.append(chunk)
@@ -285,7 +297,7 @@ def _run_chunks(client, spec: CubeSpec, plan: Plan, todo: list[Chunk], journal: 
                 progress.advance(bar, chunk.nchan)
             future.release()
             done = progress.tasks[0].completed - done_channels
-            counts = job_counts(client)
+            counts = run.backend.job_counts(client)
             jobs = f" jobs {counts['running']}+{counts['pending']} queued" if counts else ""
             progress.update(bar, failures=len(outcome.failures), rate=f"{done / max(time.time() - started, 1e-9):.2f}/s",
                             workers=f"workers {len(client.scheduler_info()['workers'])}{jobs}")

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
 
-class RunDirectoryError(RuntimeError):
+
+class RunDirectoryError(UserError):
     """The run directory does not fit what was asked (exists, missing, or from another cube)."""
 
 

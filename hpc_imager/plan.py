@@ -1,44 +1,52 @@
 """The plan: one task's estimate and a site profile → worker memory limits, job sizes, walltime.
 
+The plan owns all memory arithmetic: the backends and the driver ask it for figures (a worker's
+limit, a job's request, a worker's address space, "the same plan with more memory") and never
+derive their own.
+
 ``dedicated`` nodes are ours alone: dask's memory limit is off (``0``) and each job asks for its whole
 node. ``shared`` nodes are not: each worker gets an explicit limit (its estimated need × headroom,
 never ``'auto'``) and the job asks for exactly its workers' limits plus an overhead, so that dask's
-nanny stops a runaway worker before the batch system kills the whole job.
-
-dask's memory thresholds are set for CASA on purpose (see docs/memory-policy.md): no spilling
-(there is no managed data to spill), no pausing (CASA's memory is unmanaged; a paused worker only
-stalls until its task ends), terminate at 95 % of the limit.
+nanny stops a runaway worker before the batch system kills the whole job. dask's own memory
+thresholds for CASA workers are set by the backends (see docs/memory-policy.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 
 from dask.utils import format_bytes, parse_bytes
 
+from .backends import backend_for
 from .cube_spec import CubeSpec
+from .errors import UserError
 from .estimate import GIB, TaskEstimate
 from .site_profile import SiteProfile, format_walltime, walltime_seconds
 
 # Worker memory limits are whole multiples of this, so that dask-jobqueue's rendering of
 # ``--memory-limit`` (memory / processes, printed to two decimals) is exactly the planned number.
 LIMIT_STEP = 256 * 2**20
-TERMINATE_FRACTION = 0.95
 WALLTIME_SAFETY = 1.5  # estimated task time × this, for slow nodes and busy file systems
 WORKER_STARTUP_SECONDS = 300
 
-# distributed's worker-memory settings for CASA workers, as dask config and as environment.
-DASK_MEMORY_CONFIG = {
-    "distributed.worker.memory.target": False,
-    "distributed.worker.memory.spill": False,
-    "distributed.worker.memory.pause": False,
-    "distributed.worker.memory.terminate": TERMINATE_FRACTION,
-}
 
-
-class PlanRefused(ValueError):
+class PlanRefused(UserError):
     """The cube cannot run on this site as asked; the message gives the numbers and what to change."""
+
+
+@dataclass(frozen=True)
+class PlanBasis:
+    """What a plan is sized from: kept so that a plan can be remade with more memory or fewer chunks."""
+
+    site: SiteProfile
+    task_peak_bytes: int
+    task_seconds: float | None
+    chunks: int
+    workers_wanted: int | None
+    channels_per_task: int
+    pixels: int
+    estimate_model: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class Plan:
     task_seconds: float | None
     worker_need_bytes: int
     worker_memory_limit_bytes: int  # 0: dask's memory management off
+    workers_memory_bytes: int  # one job's worker limits together (dask-jobqueue's ``memory``)
+    worker_address_space_bytes: int  # a worker's resident need or limit plus what it maps beyond it
     job_memory_bytes: int
     processes_per_job: int
     threads_per_worker: int
@@ -59,9 +69,20 @@ class Plan:
     walltime: str
     chunks: int
     estimate_model: str
+    basis: PlanBasis
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "basis"}
+
+    def with_more_memory(self, factor: float = 2.0, chunks: int | None = None) -> "Plan":
+        """The same plan with ``factor`` × each worker's need (for ``chunks`` chunks), or PlanRefused."""
+        worker_base = parse_bytes(self.basis.site.worker_base)
+        task_peak = int(factor * self.worker_need_bytes) - worker_base
+        return _size(replace(self.basis, task_peak_bytes=task_peak, chunks=chunks or self.chunks))
+
+    def per_core(self, n: int) -> int:
+        """``n`` bytes shared out over the job's cores, rounded up (SGE asks for memory per slot)."""
+        return -(-n // self.cores_per_job)
 
     def summary(self) -> str:
         limit = format_bytes(self.worker_memory_limit_bytes) if self.worker_memory_limit_bytes else "off (0)"
@@ -80,9 +101,17 @@ def make_plan(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate, chunks:
     if site.shared_directory and not spec.run_directory.resolve().is_relative_to(site.shared_directory):
         raise PlanRefused(f"the run directory {spec.run_directory} is not under {site.name}'s shared file system "
                           f"{site.shared_directory}, where workers can write: set [run] directory")
+    return _size(PlanBasis(site=site, task_peak_bytes=int(estimate.task_peak_gib * GIB),
+                           task_seconds=estimate.task_seconds, chunks=chunks, workers_wanted=spec.parallel.workers,
+                           channels_per_task=estimate.channels_per_task, pixels=estimate.pixels,
+                           estimate_model=estimate.model))
+
+
+def _size(basis: PlanBasis) -> Plan:
+    site = basis.site
     node_memory = site.node_memory_bytes
     job_overhead = parse_bytes(site.job_memory_overhead)
-    need = int(estimate.task_peak_gib * GIB) + parse_bytes(site.worker_base)
+    need = basis.task_peak_bytes + parse_bytes(site.worker_base)
     usable = node_memory - job_overhead
 
     if site.memory_policy == "dedicated":
@@ -94,50 +123,51 @@ def make_plan(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate, chunks:
     if fits < 1:
         per_worker = limit or need
         raise PlanRefused(
-            f"one task needs {format_bytes(per_worker)} per worker ({estimate.task_peak_gib:.2f} GiB for "
-            f"{estimate.channels_per_task} channels of {estimate.pixels} pixels, plus worker base"
+            f"one task needs {format_bytes(per_worker)} per worker ({basis.task_peak_bytes / GIB:.2f} GiB for "
+            f"{basis.channels_per_task} channels of {basis.pixels} pixels, plus worker base"
             f"{' and headroom' if limit else ''}) but a {site.name} node offers {format_bytes(usable)}: "
             "use fewer channels_per_task, a smaller image, or another site")
 
     per_node = min(site.cores, fits)
-    wanted = spec.parallel.workers or (site.cores if site.scheduler == "local" else per_node * site.max_jobs)
-    wanted = max(1, min(wanted, chunks))
-    if site.scheduler == "local":
-        wanted = min(wanted, per_node)
-    jobs = min(math.ceil(wanted / per_node), site.max_jobs)
-    processes = math.ceil(min(wanted, jobs * per_node) / jobs)
+    most_jobs = backend_for(site).most_jobs(site)
+    wanted = max(1, min(basis.workers_wanted or per_node * most_jobs, per_node * most_jobs, basis.chunks))
+    jobs = math.ceil(wanted / per_node)
+    processes = math.ceil(wanted / jobs)
     job_memory = node_memory if site.memory_policy == "dedicated" else processes * limit + job_overhead
 
-    walltime = _walltime(site, estimate, chunks, jobs * processes)
     return Plan(
         site=site.name,
         scheduler=site.scheduler,
         memory_policy=site.memory_policy,
-        task_peak_gib=estimate.task_peak_gib,
-        task_seconds=estimate.task_seconds,
+        task_peak_gib=basis.task_peak_bytes / GIB,
+        task_seconds=basis.task_seconds,
         worker_need_bytes=need,
         worker_memory_limit_bytes=limit,
+        workers_memory_bytes=processes * limit,
+        worker_address_space_bytes=(limit or need) + parse_bytes(site.virtual_memory_overhead),
         job_memory_bytes=job_memory,
         processes_per_job=processes,
         threads_per_worker=1,  # casatools is not thread-safe: one task per process
         cores_per_job=processes,
         jobs=jobs,
         workers=jobs * processes,
-        walltime=walltime,
-        chunks=chunks,
-        estimate_model=estimate.model,
+        walltime=_walltime(basis, jobs * processes),
+        chunks=basis.chunks,
+        estimate_model=basis.estimate_model,
+        basis=basis,
     )
 
 
-def _walltime(site: SiteProfile, estimate: TaskEstimate, chunks: int, workers: int) -> str:
+def _walltime(basis: PlanBasis, workers: int) -> str:
+    site = basis.site
     maximum = walltime_seconds(site.walltime_max)
-    if estimate.task_seconds is None:
+    if basis.task_seconds is None:
         return site.walltime_default
-    one_task = estimate.task_seconds * WALLTIME_SAFETY + WORKER_STARTUP_SECONDS
+    one_task = basis.task_seconds * WALLTIME_SAFETY + WORKER_STARTUP_SECONDS
     if one_task > maximum:
         raise PlanRefused(
-            f"one task is estimated at {estimate.task_seconds / 3600:.1f} h (× {WALLTIME_SAFETY} safety plus "
+            f"one task is estimated at {basis.task_seconds / 3600:.1f} h (× {WALLTIME_SAFETY} safety plus "
             f"start-up), over {site.name}'s walltime maximum {site.walltime_max}: use fewer channels_per_task "
             "or a smaller image")
-    everything = math.ceil(chunks / workers) * estimate.task_seconds * WALLTIME_SAFETY + WORKER_STARTUP_SECONDS
+    everything = math.ceil(basis.chunks / workers) * basis.task_seconds * WALLTIME_SAFETY + WORKER_STARTUP_SECONDS
     return format_walltime(min(everything, maximum))

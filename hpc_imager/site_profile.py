@@ -18,13 +18,15 @@ import psutil
 from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import UserError
+
 SITE_DIRS_ENV = "HPC_IMAGER_SITE_DIRS"
 BUILTIN_SITES = Path(__file__).with_name("site_profiles")
 
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
 
-class SiteError(ValueError):
+class SiteError(UserError):
     """A site that cannot be found or is not valid; the message is one line."""
 
 

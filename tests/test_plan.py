@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, write_cube_toml
-from hpc_imager.cluster import render_job_script
+from hpc_imager.backends import backend_for
 from hpc_imager.cube_spec import parse_cube_spec
 from hpc_imager.estimate import TaskEstimate, estimate_task
 from hpc_imager.plan import LIMIT_STEP, PlanRefused, make_plan
@@ -97,7 +97,7 @@ def test_default_model_and_calibration():
 def test_rendered_job_script_matches_golden(scheduler, policy):
     profile = site(scheduler, policy)
     plan = make_plan(spec(workers=12), profile, task(3.0), chunks=100)
-    script = render_job_script(plan, profile, Path("/shared/run"))
+    script = backend_for(profile).job_script(plan, profile, Path("/shared/run"))
     golden = GOLDEN / f"{scheduler}-{policy}.sh"
     if os.environ.get("HPC_IMAGER_WRITE_GOLDEN"):
         golden.write_text(script)
@@ -183,10 +183,28 @@ def test_site_reference_docs_are_generated_from_the_schema():
 @pytest.mark.parametrize("scheduler, directive", [("slurm", "#SBATCH --partition=work"), ("pbs", "#PBS -q work"),
                                                   ("sge", "#$ -q work")])
 def test_driver_wrapper_scripts_render_for_each_scheduler(scheduler, directive, tmp_path):
-    from hpc_imager.driver_script import render_driver_script
-
-    script = render_driver_script(spec(), site(scheduler, "shared"), "my-site", tmp_path / "cube.toml")
+    profile = site(scheduler, "shared")
+    script = backend_for(profile).driver_script(spec(), profile, "my-site", tmp_path / "cube.toml")
     assert directive in script and "module load casa-deps" in script
     assert f"-m hpc_imager submit --site my-site {tmp_path / 'cube.toml'} $resume" in script
     assert "[ -f /shared/run/run.json ] && echo --resume" in script
     assert "$walltime" not in script and "48:00:00" in script
+
+
+def test_the_same_plan_with_more_memory():
+    plan = make_plan(spec(workers=40), site("slurm", "shared"), task(3.0), chunks=100)
+    more = plan.with_more_memory(chunks=5)
+    assert more.worker_need_bytes == 2 * plan.worker_need_bytes
+    assert more.worker_memory_limit_bytes == 8.25 * GIB  # 6.5 GiB × 1.25 = 8.125, up to a multiple of 256 MiB
+    assert more.chunks == 5 and more.workers == 5  # no more workers than chunks
+    assert more.job_memory_bytes == more.processes_per_job * more.worker_memory_limit_bytes + GIB // 2
+    with pytest.raises(PlanRefused, match="node offers"):
+        more.with_more_memory().with_more_memory().with_more_memory()
+
+
+def test_backends_take_their_memory_figures_from_the_plan():
+    plan = make_plan(spec(workers=12), site("sge", "shared"), task(3.0), chunks=100)
+    kwargs = backend_for(site("sge", "shared")).jobqueue_kwargs(plan, site("sge", "shared"))
+    assert kwargs["memory"] == f"{plan.workers_memory_bytes}B" == f"{12 * plan.worker_memory_limit_bytes}B"
+    h_vmem = -(-plan.worker_address_space_bytes // 12) // 2**20 + 1
+    assert kwargs["resource_spec"].startswith(f"h_vmem={h_vmem}M,")

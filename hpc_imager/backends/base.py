@@ -1,0 +1,72 @@
+"""The one interface every kind of site implements, and what all of them share.
+
+dask's worker-memory thresholds are set for CASA on purpose (see docs/memory-policy.md): no
+spilling (there is no managed data to spill), no pausing (CASA's memory is unmanaged; a paused
+worker only stalls until its task ends), terminate at 95 % of the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ContextManager, Iterator
+
+import dask
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from ..cube_spec import CubeSpec
+    from ..plan import Plan
+    from ..site_profile import SiteProfile
+
+TERMINATE_FRACTION = 0.95
+WORKER_MEMORY_CONFIG = {
+    "distributed.worker.memory.target": False,
+    "distributed.worker.memory.spill": False,
+    "distributed.worker.memory.pause": False,
+    "distributed.worker.memory.terminate": TERMINATE_FRACTION,
+}
+
+# A task whose worker died under it twice is handed back to the driver, which retries it, or retries
+# it with more memory when the logs say memory killed it, instead of dask trying it on and on.
+# distributed's own reaping of lost jobs is off: it misses jobs of several workers and can close a
+# replacement that reuses a lost job's name; the batch backends replace lost jobs themselves.
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1, "distributed.deploy.lost-worker-timeout": "3650 days"}
+
+# What Python and distributed's nanny say when memory ran out, on any site.
+MEMORY_SIGNS = ("MemoryError", "memory budget")
+
+
+class Backend(ABC):
+    """Where workers run and how they are asked for."""
+
+    name: str
+    memory_signs: tuple[str, ...] = MEMORY_SIGNS  # text in a task's error or the run's logs after a memory kill
+
+    @abstractmethod
+    def most_jobs(self, site: "SiteProfile") -> int:
+        """How many jobs (nodes) one run may hold at once."""
+
+    @contextlib.contextmanager
+    def cluster(self, plan: "Plan", site: "SiteProfile", run_dir: Path) -> Iterator["Client"]:
+        """Workers as the plan says and a client connected to them; all of it gone afterwards."""
+        with dask.config.set(SCHEDULER_CONFIG), self._client(plan, site, run_dir) as client:
+            yield client
+
+    @abstractmethod
+    def _client(self, plan: "Plan", site: "SiteProfile", run_dir: Path) -> ContextManager["Client"]:
+        ...
+
+    @abstractmethod
+    def job_script(self, plan: "Plan", site: "SiteProfile", run_dir: Path | None = None) -> str:
+        """The job script a worker job runs ('' where workers are not batch jobs)."""
+
+    @abstractmethod
+    def driver_script(self, spec: "CubeSpec", site: "SiteProfile", site_argument: str, cube_toml: Path) -> str:
+        """A script that runs the driver itself as a job of this site."""
+
+    def job_counts(self, client: "Client") -> dict[str, int] | None:
+        """Jobs whose workers have connected (running) or not yet (pending); None without jobs."""
+        return None

@@ -1,0 +1,206 @@
+"""What every batch backend shares: workers as dask-jobqueue jobs, and the driver as a job of its own.
+
+dask-jobqueue's cluster classes render and submit every worker job; a scheduler's module says only
+which class, which memory and exclusivity directives (asked of the plan), and how its driver
+wrapper is written. What every worker needs whatever the scheduler (offline CASA, dask's memory
+thresholds for CASA) is exported by the job script's prologue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+from typing import Iterator
+
+from tornado.ioloop import PeriodicCallback
+
+from .. import casa_setup
+from ..site_profile import walltime_seconds
+from .base import WORKER_MEMORY_CONFIG, Backend
+
+JOB_TEMPLATES = Path(__file__).parents[1] / "jobs"
+DRIVER_MEMORY_MIB = 4096  # the driver job: the dask scheduler and the final concatenation
+
+# Workers retire before their job's walltime (10 minutes, or a fifth of a short walltime), staggered
+# so they do not all go at once, and the adaptive cluster submits replacements: a cube longer than
+# one walltime finishes, and no chunk is cut off by the batch system's kill.
+RETIRE_BEFORE_WALLTIME = 600
+RETIRE_STAGGER = 300
+LOST_JOB_CHECK_SECONDS = 5
+
+
+def mebibytes(n: float) -> int:
+    """Whole MiB, rounded up: a memory request must never fall short of the plan."""
+    return -(-int(n) // 2**20)
+
+
+def _env_name(key: str) -> str:
+    return "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+
+
+def worker_prologue(site) -> list[str]:
+    """Shell lines before every batch worker: the site's, then offline CASA and dask's memory policy."""
+    lines = list(site.prologue)
+    if site.casa_data:
+        lines.append(f"export {casa_setup.DATA_ENV}={shlex.quote(site.casa_data)}")
+    lines += [f"export {_env_name(k)}={v}" for k, v in WORKER_MEMORY_CONFIG.items()]
+    return lines
+
+
+def _lifetime_args(walltime: str) -> list[str]:
+    seconds = walltime_seconds(walltime)
+    margin = min(RETIRE_BEFORE_WALLTIME, seconds // 5)
+    stagger = min(RETIRE_STAGGER, seconds // 10)
+    return ["--lifetime", f"{seconds - margin}s", "--lifetime-stagger", f"{stagger}s"]
+
+
+class JobqueueBackend(Backend):
+    """A batch system reached through one of dask-jobqueue's cluster classes."""
+
+    directive_prefix: str  # '#SBATCH', '#PBS', '#$'
+    driver_template: str  # file in jobs/
+    queue_directive: str  # format with the queue
+    account_directive: str  # format with the account
+    driver_log_name = "{run}.driver.log"
+
+    def cluster_class(self):
+        raise NotImplementedError
+
+    def job_kwargs(self, plan, site) -> dict:
+        """This scheduler's memory, exclusivity and accounting options for dask-jobqueue."""
+        raise NotImplementedError
+
+    def most_jobs(self, site) -> int:
+        return site.max_jobs
+
+    def jobqueue_kwargs(self, plan, site, run_dir: Path | None = None) -> dict:
+        """Keyword arguments for the site's dask-jobqueue cluster class, from the plan."""
+        specific = self.job_kwargs(plan, site)
+        kwargs = {
+            "cores": plan.cores_per_job,
+            "processes": plan.processes_per_job,
+            "memory": f"{plan.workers_memory_bytes}B",
+            "walltime": plan.walltime,
+            "queue": site.queue,
+            "job_name": "hpc-imager",
+            "python": site.python or sys.executable,
+            "interface": site.interface,
+            "local_directory": site.local_scratch,
+            "log_directory": str(run_dir / "logs" / "jobs") if run_dir else None,
+            "worker_extra_args": _lifetime_args(plan.walltime),
+            **specific,
+            "job_extra_directives": list(site.job_directives) + specific.get("job_extra_directives", []),
+            "job_script_prologue": worker_prologue(site) + specific.get("job_script_prologue", []),
+        }
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    def job_script(self, plan, site, run_dir: Path | None = None) -> str:
+        """The job script ``submit`` gives the batch system (the scheduler address is filled in then)."""
+        job = self.cluster_class().job_cls(scheduler="tcp://<scheduler-address>:<port>", name="hpc-imager-worker",
+                                           **self.jobqueue_kwargs(plan, site, run_dir))
+        return job.job_script()
+
+    @contextlib.contextmanager
+    def _client(self, plan, site, run_dir: Path) -> Iterator:
+        """dask-jobqueue's cluster for the site, kept at the plan's number of jobs.
+
+        ``adapt(minimum_jobs=maximum_jobs=jobs)`` submits a replacement whenever a job ends (cancelled,
+        node lost, walltime), so the run keeps its width. Closing the cluster cancels every job.
+        """
+        from distributed import Client
+
+        casa_setup.configure_offline()
+        cluster_class = self.cluster_class()
+        # Importing dask_jobqueue makes SIGINT exit the process with status 0 (dask_jobqueue.runner sets
+        # a handler at import); Ctrl-C must instead unwind through here so the jobs are cancelled.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        cluster = cluster_class(scheduler_options={"dashboard_address": ":0", "interface": site.interface},
+                                **self.jobqueue_kwargs(plan, site, run_dir))
+        watchdog = PeriodicCallback(LostJobs(cluster), LOST_JOB_CHECK_SECONDS * 1000)
+        try:
+            cluster.adapt(minimum_jobs=plan.jobs, maximum_jobs=plan.jobs)
+            cluster.loop.add_callback(watchdog.start)
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.loop.add_callback(watchdog.stop)
+            previous = signal.signal(signal.SIGINT, lambda *_: _cancel_now_and_exit(cluster))
+            try:
+                cluster.close()  # cancels every job it submitted
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+    def job_counts(self, client) -> dict[str, int] | None:
+        connected = _worker_names(client.scheduler_info())
+        jobs = list(client.cluster.workers)
+        running = sum(_has_worker(job, connected) for job in jobs)
+        return {"pending": len(jobs) - running, "running": running}
+
+    def driver_script(self, spec, site, site_argument: str, cube_toml: Path) -> str:
+        """The wrapper (a template in ``jobs/``) that runs the driver as a job, filled in for this cube."""
+        run_dir = spec.run_directory.resolve()
+        directives = [self.queue_directive.format(site.queue)] if site.queue else []
+        directives += [self.account_directive.format(site.account)] if site.account else []
+        values = {
+            "walltime": site.walltime_max,
+            "driver_memory": f"{DRIVER_MEMORY_MIB}M",
+            "driver_memory_mb": f"{DRIVER_MEMORY_MIB}mb",
+            "driver_vmem": f"{DRIVER_MEMORY_MIB * 2}M",  # address space, as h_vmem counts it
+            "log": shlex.quote(str(run_dir.parent / self.driver_log_name.format(run=run_dir.name))),
+            "directives": "\n".join(f"{self.directive_prefix} {d}" for d in directives + list(site.job_directives)),
+            "prologue": "\n".join(site.prologue),
+            "workdir": shlex.quote(str(Path(cube_toml).resolve().parent)),
+            "run_json": shlex.quote(str(run_dir / "run.json")),
+            "python": shlex.quote(site.python or sys.executable),
+            "site": shlex.quote(str(Path(site_argument).resolve()) if site_argument.endswith(".toml") else site_argument),
+            "cube_toml": shlex.quote(str(Path(cube_toml).resolve())),
+        }
+        return Template((JOB_TEMPLATES / self.driver_template).read_text()).substitute(values)
+
+
+class LostJobs:
+    """Replace batch jobs whose workers have all gone (cancelled, node lost, retired at walltime).
+
+    distributed replaces a lost job only when the job runs a single worker: with several workers per
+    job their names carry suffixes and the job is never noticed. This runs on the cluster's event
+    loop, forgets such a job and lets the cluster submit a fresh one under the same name.
+    """
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.seen: set[str] = set()  # jobs whose workers have connected at some point
+
+    def __call__(self) -> None:
+        connected = _worker_names(self.cluster.scheduler_info)
+        for name in list(self.cluster.workers):
+            if _has_worker(name, connected):
+                self.seen.add(str(name))
+            elif str(name) in self.seen:
+                self.seen.discard(str(name))
+                job = self.cluster.workers.pop(name)
+                self.cluster._futures.add(asyncio.ensure_future(job.close()))  # make sure it is gone
+                self.cluster._correct_state()  # submits a job for the spec that has none now
+
+
+def _cancel_now_and_exit(cluster) -> None:
+    """A second Ctrl-C while jobs are being cancelled: cancel them in one command and leave."""
+    job_ids = [job.job_id for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+    if job_ids:
+        subprocess.run(shlex.split(cluster.job_cls.cancel_command) + job_ids, capture_output=True, timeout=30)
+    os._exit(130)
+
+
+def _worker_names(scheduler_info: dict) -> list[str]:
+    return [str(w["name"]) for w in scheduler_info.get("workers", {}).values()]
+
+
+def _has_worker(job, connected: list[str]) -> bool:
+    """A job's workers are named after it: the job's name, or ``name-0``, ``name-1``... with several."""
+    return any(w == str(job) or w.startswith(f"{job}-") for w in connected)

@@ -1,0 +1,44 @@
+"""This machine: a LocalCluster of single-threaded worker processes, dashboard on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import dask
+
+from .. import casa_setup
+from ..site_profile import SiteError
+from .base import WORKER_MEMORY_CONFIG, Backend
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def most_jobs(self, site) -> int:
+        return 1  # one machine
+
+    @contextlib.contextmanager
+    def _client(self, plan, site, run_dir: Path) -> Iterator:
+        from distributed import Client, LocalCluster
+
+        casa_setup.configure_offline()  # workers inherit CASASITECONFIG from this process
+        with dask.config.set(WORKER_MEMORY_CONFIG), LocalCluster(
+            n_workers=plan.workers,
+            threads_per_worker=plan.threads_per_worker,
+            processes=True,
+            memory_limit=plan.worker_memory_limit_bytes,
+            dashboard_address="127.0.0.1:0",
+            host="127.0.0.1",
+        ) as cluster, Client(cluster) as client:
+            yield client
+
+    def job_script(self, plan, site, run_dir=None) -> str:
+        return ""
+
+    def driver_script(self, spec, site, site_argument, cube_toml) -> str:
+        raise SiteError(f"site '{site.name}' runs workers on this machine: run `hpc_imager submit` directly")
+
+
+LOCAL = LocalBackend()

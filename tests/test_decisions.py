@@ -1,0 +1,27 @@
+"""The driver's decisions after a failure (pure functions: no dask, no CASA)."""
+
+from hpc_imager.backends.slurm import SLURM
+from hpc_imager.decisions import Next, after_failure, ran_out_of_memory
+
+
+def test_a_failure_is_retried_until_the_retries_are_spent():
+    assert after_failure(out_of_memory=False, tries=1, retries=2) is Next.RETRY
+    assert after_failure(out_of_memory=False, tries=3, retries=2) is Next.GIVE_UP
+    assert after_failure(out_of_memory=False, tries=1, retries=0) is Next.GIVE_UP
+
+
+def test_a_memory_kill_gets_more_memory_not_the_same_again():
+    assert after_failure(out_of_memory=True, tries=1, retries=2) is Next.MORE_MEMORY
+    assert after_failure(out_of_memory=True, tries=5, retries=0) is Next.MORE_MEMORY
+
+
+def test_memory_kills_are_recognised_from_the_error_or_the_logs():
+    never_read = iter(())  # logs are read only when a worker died
+    assert ran_out_of_memory("MemoryError", "", never_read, SLURM.memory_signs)
+    assert ran_out_of_memory("RuntimeError", "std::bad_alloc ... MemoryError", never_read, SLURM.memory_signs)
+    assert not ran_out_of_memory("RuntimeError", "table not found", ["memory budget"], SLURM.memory_signs)
+    slurm_kill = "slurmstepd: error: StepId=3.batch exceeded memory limit (436183040 > 314572800), being killed"
+    assert ran_out_of_memory("KilledWorker", "", ["nothing here", slurm_kill], SLURM.memory_signs)
+    nanny = "Worker is at 96% memory usage ... exceeds the memory budget"
+    assert ran_out_of_memory("KilledWorker", "", [nanny], SLURM.memory_signs)
+    assert not ran_out_of_memory("KilledWorker", "", ["segfault"], SLURM.memory_signs)
