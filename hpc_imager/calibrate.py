@@ -24,7 +24,7 @@ from .channel_grid import resolve_grid
 from .backends import backend_for
 from .cube_spec import CubeSpec
 from .errors import UserError
-from .estimate import GIB, MEMORY_TERMS, estimate_task, image_pixels, stokes_planes
+from .estimate import GIB, MEMORY_TERMS, cube_facts, estimate_task, image_pixels, stokes_planes
 from .imaging_task import image_chunk
 from .plan import make_plan
 from .site_profile import Calibration, SiteProfile
@@ -50,7 +50,7 @@ def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], wor
     """Run one real task per (imsize, channels) on one worker of ``site``; smallest first."""
     sizes = sorted(sizes, key=lambda s: s[0] * s[0] * s[1])
     largest = _sample_spec(spec, *sizes[-1])
-    plan = make_plan(largest, site, estimate_task(largest, site), chunks=1)
+    plan = make_plan(largest, site, estimate_task(largest, site, cube_facts(largest)), chunks=1)
     grid = resolve_grid(spec.tclean)
     samples = []
     with backend_for(site).cluster(plan, site, work_dir) as client:
@@ -124,8 +124,9 @@ def samples_from_reports(paths: list[Path]) -> dict[tuple[str, str], list[Sample
 def prediction_errors(spec: CubeSpec, site: SiteProfile, samples: list[Sample]) -> list[float]:
     """(predicted - measured) / measured peak memory for each sample under ``site``'s model."""
     errors = []
+    facts = cube_facts(spec)
     for s in samples:
-        predicted = estimate_task(_sample_spec(spec, s.imsize, s.channels), site).task_peak_gib
+        predicted = estimate_task(_sample_spec(spec, s.imsize, s.channels), site, facts).task_peak_gib
         errors.append((predicted - s.peak_gib) / s.peak_gib)
     return errors
 

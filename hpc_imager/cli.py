@@ -39,8 +39,13 @@ def _user_errors(function):
 def _parallel_overrides(function):
     """One --option per [parallel] field, taken from the schema so the two never drift."""
     for name, field in reversed(ParallelParams.model_fields.items()):
-        function = click.option(f"--{name.replace('_', '-')}", name, type=int, default=None,
-                                help=f"{field.description} Overrides [parallel] {name}.")(function)
+        flag = f"--{name.replace('_', '-')}"
+        if name == "probe":  # "auto" | true | false: the command line says on or off
+            flag, kind = f"{flag}/--no-{name}", {"is_flag": True}
+        else:
+            kind = {"type": int}
+        function = click.option(flag, name, default=None, help=f"{field.description} Overrides [parallel] {name}.",
+                                **kind)(function)
     return function
 
 
@@ -102,10 +107,16 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
 @_user_errors
 @_cube_on_site
 def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
-    """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
-    from .estimate import estimate_task, mosaic_fields
+    """Estimate the peak memory of ONE task (one chunk of channels_per_task channels).
 
-    result = estimate_task(spec, profile, mosaic_fields(spec))
+    With --probe, image the cube's first chunk on one worker of the site and report its measured peak."""
+    from .estimate import cube_facts, estimate_task
+
+    result = estimate_task(spec, profile, cube_facts(spec))
+    if spec.parallel.probe is True:
+        from .driver import probe_cube
+
+        result = probe_cube(spec, profile, result)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -122,11 +133,11 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
     from .channel_grid import resolve_grid
-    from .estimate import estimate_task, mosaic_fields
+    from .estimate import cube_facts, estimate_task
     from .plan import make_plan
 
     chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
-    the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
+    the_plan = make_plan(spec, profile, estimate_task(spec, profile, cube_facts(spec)), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:
         click.echo(json.dumps(the_plan.as_dict() | {"job_script": script}, indent=2))

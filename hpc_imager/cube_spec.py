@@ -202,6 +202,7 @@ class ParallelParams(BaseModel):
     workers: Annotated[Optional[int], Field(ge=1, description="Dask workers; default: the site's choice (local: one per core).")] = None
     max_in_flight: Annotated[Optional[int], Field(ge=1, description="Tasks submitted at once; default: the number of workers.")] = None
     retries: Annotated[int, Field(ge=0, description="Extra tries for a task that fails before the run gives up on its channels.")] = 2
+    probe: Annotated[Union[Literal["auto"], bool], Field(description="Image one chunk on one worker first and size the workers for the rest from its measured peak memory; 'auto': when the site has no calibration for the cube's gridder and deconvolver.")] = "auto"
 
 
 class RunParams(BaseModel):

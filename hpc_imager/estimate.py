@@ -222,6 +222,11 @@ def ms_facts(vis: str | list[str], field_selection: str | list[str], gridder: st
     return MsFacts(fields=max(1, fields), max_w_wavelengths=max_w, primary_beam_rad=beam)
 
 
+def cube_facts(spec: CubeSpec) -> MsFacts:
+    """:func:`ms_facts` for the cube's own MS and selection."""
+    return ms_facts(spec.tclean.vis, spec.tclean.field, spec.tclean.gridder)
+
+
 def task_shape(spec: CubeSpec, facts: MsFacts, casa_memory_bytes: int = 0) -> TaskShape:
     tclean = spec.tclean
     nx, ny = _sides(tclean.imsize)
@@ -261,6 +266,14 @@ PROBE_MARGIN = 1.05
 # A chunk this much over its estimate, or under this fraction of it, is worth a warning.
 OVER_ESTIMATE_WARNING = 1.20
 UNDER_ESTIMATE_WARNING = 0.5
+
+
+def probe_wanted(spec: CubeSpec, site: SiteProfile) -> bool:
+    """``[parallel] probe``: "auto" probes where the site has no calibration for the cube's gridder
+    and deconvolver (the default model cannot know everything a cube may do: see the module docstring)."""
+    if spec.parallel.probe == "auto":
+        return site.calibration_for(spec.tclean.gridder, spec.tclean.deconvolver) is None
+    return spec.parallel.probe
 
 
 def probed_estimate(spec: CubeSpec, metrics: dict) -> TaskEstimate:

@@ -7,7 +7,7 @@
 #SBATCH -A astro
 #SBATCH -n 1
 #SBATCH --cpus-per-task=12
-#SBATCH --mem=52736M
+#SBATCH --mem=50525M
 #SBATCH -t 06:00:00
 #SBATCH --comment=golden
 module load casa-deps
@@ -15,4 +15,4 @@ export DASK_DISTRIBUTED__WORKER__MEMORY__TARGET=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__SPILL=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=0.95
-/opt/venv/bin/python -m distributed.cli.dask_worker tcp://<scheduler-address>:<port> --name hpc-imager-worker --nthreads 1 --memory-limit 4.25GiB --nworkers 12 --nanny --death-timeout 60 --lifetime 21000s --lifetime-stagger 300s
+/opt/venv/bin/python -m distributed.cli.dask_worker tcp://<scheduler-address>:<port> --name hpc-imager-worker --nthreads 1 --memory-limit 4.07GiB --nworkers 12 --nanny --death-timeout 60 --lifetime 21000s --lifetime-stagger 300s
