@@ -42,6 +42,7 @@ DEFAULT_WORK = Path("/tmp/hpc_imager-memory-matrix")
 # CASA log lines that say how big its convolution functions and caches were (kept with each row).
 CASA_LOG_SIGNS = ("W projection using", "Memory used in gridding function", "Convolution support",
                   "onvolution function", "memory", "Memory", "planes", "facets")
+NITER = 50  # enough minor cycles to allocate what the deconvolver keeps; more only take longer (mem is slow)
 BYTES_PER_PRODUCT_PIXEL = 4 * 9  # image, residual, model, psf, pb, sumwt, weight, mask, pbcor at float32
 
 # Data sets: NGC5921 (VLA D, 63 channels, RR LL) and simulated VLA D cubes (hpc_imager.simulated_ms).
@@ -94,21 +95,21 @@ def design() -> list[dict]:
     # Deconvolvers (niter > 0): images the minor cycle keeps, per channel plane.
     decons = {"hogbom": [], "clark": [], "multiscale3": [0, 5, 15], "multiscale4": [0, 5, 15, 45], "mem": []}
     for tag, scales in decons.items():
-        rows.append(_row(f"{tag}-1024-4", niter=200, deconvolver=tag.rstrip("34"), scales=scales))
-    for tag in ("hogbom", "multiscale3", "mem"):
-        rows.append(_row(f"{tag}-2048-1", imsize=2048, nchan=1, niter=200, deconvolver=tag.rstrip("34"),
+        rows.append(_row(f"{tag}-1024-4", niter=NITER, deconvolver=tag.rstrip("34"), scales=scales))
+    for tag in ("hogbom", "multiscale3"):
+        rows.append(_row(f"{tag}-2048-1", imsize=2048, nchan=1, niter=NITER, deconvolver=tag.rstrip("34"),
                          scales=decons[tag]))
-    rows += [_row("multiscale3-4096-1", imsize=4096, nchan=1, niter=200, deconvolver="multiscale",
+    rows += [_row("multiscale3-4096-1", imsize=4096, nchan=1, niter=NITER, deconvolver="multiscale",
                   scales=[0, 5, 15]),
-             _row("hogbom-1024-16", nchan=16, niter=200),
-             _row("multiscale3-1024-16", nchan=16, niter=200, deconvolver="multiscale", scales=[0, 5, 15])]
+             _row("hogbom-1024-16", nchan=16, niter=NITER),
+             _row("multiscale3-1024-16", nchan=16, niter=NITER, deconvolver="multiscale", scales=[0, 5, 15])]
     # Masks.
-    rows.append(_row("pbmask-1024-4", niter=200, usemask="pb", pbmask=0.3))
+    rows.append(_row("pbmask-1024-4", niter=NITER, usemask="pb", pbmask=0.3))
     for imsize, nchan in ((1024, 4), (2048, 4), (1024, 16)):
-        rows.append(_row(f"automask-{imsize}-{nchan}", imsize=imsize, nchan=nchan, niter=200,
+        rows.append(_row(f"automask-{imsize}-{nchan}", imsize=imsize, nchan=nchan, niter=NITER,
                          usemask="auto-multithresh"))
     # savemodel (on a copy of the MS).
-    rows += [_row("savemodel-1024-4", niter=200, savemodel="modelcolumn")]
+    rows += [_row("savemodel-1024-4", niter=NITER, savemodel="modelcolumn")]
     # w-projection: fixed planes and automatic (wprojplanes=-1); facets (widefield).
     for imsize, nchan, planes in ((512, 4, 16), (512, 4, 64), (512, 4, -1), (1024, 4, 16), (1024, 4, 64),
                                   (1024, 4, -1), (2048, 1, 64), (2048, 1, -1), (4096, 1, 16), (4096, 1, -1)):
@@ -128,11 +129,11 @@ def design() -> list[dict]:
     # Combinations (validation): several terms at once.
     rows += [
         _row("combo-mosaic-p4-briggs-ms-automask-1024-4", data="sim-p4", gridder="mosaic", weighting="briggs",
-             deconvolver="multiscale", scales=[0, 5, 15], niter=200, usemask="auto-multithresh"),
+             deconvolver="multiscale", scales=[0, 5, 15], niter=NITER, usemask="auto-multithresh"),
         _row("combo-wproject-1-briggs-clark-2048-4", imsize=2048, gridder="wproject", wprojplanes=-1,
-             weighting="briggs", deconvolver="clark", niter=200),
+             weighting="briggs", deconvolver="clark", niter=NITER),
         _row("combo-IQUV-briggs-hogbom-1024-16", data="sim-p1-pol", nchan=16, stokes="IQUV", weighting="briggs",
-             niter=200),
+             niter=NITER),
     ]
     return rows
 
@@ -293,11 +294,17 @@ def report(args) -> None:
     for name, value in fitted.items():
         print(f"  {name:18s} {value:14.4g}   (estimate.py: {MEMORY_TERMS[name]:.4g})")
     loo = leave_one_out(samples)
-    print(f"\n{'row':46s} {'measured':>9s} {'estimate':>9s} {'ratio':>6s} {'LOO':>6s}  (GiB)")
+    if args.markdown:
+        print("\n| row | measured GiB | estimate GiB | estimate/measured | leave-one-out |\n|---|---|---|---|---|")
+    else:
+        print(f"\n{'row':46s} {'measured':>9s} {'estimate':>9s} {'ratio':>6s} {'LOO':>6s}  (GiB)")
     for (shape, peak, name), loo_ratio in zip(rows, loo):
         estimate = task_peak_bytes(shape)
         flag = "" if 0.95 <= loo_ratio <= 1.20 else "  <-- outside 0.95…1.20"
-        print(f"{name:46s} {peak / GIB:9.2f} {estimate / GIB:9.2f} {estimate / peak:6.2f} {loo_ratio:6.2f}{flag}")
+        if args.markdown:
+            print(f"| {name} | {peak / GIB:.2f} | {estimate / GIB:.2f} | {estimate / peak:.2f} | {loo_ratio:.2f} |")
+        else:
+            print(f"{name:46s} {peak / GIB:9.2f} {estimate / GIB:9.2f} {estimate / peak:6.2f} {loo_ratio:6.2f}{flag}")
     low, high = min(loo), max(loo)
     print(f"\n{len(rows)} rows; leave-one-out ratios {low:.2f} … {high:.2f}")
     skipped = {name: r["status"] for name, r in load_results().items() if r["status"] != "ok"}
@@ -312,12 +319,13 @@ def main() -> None:
     run_parser.add_argument("--work", default=str(DEFAULT_WORK))
     run_parser.add_argument("--max-gib", type=float, default=9.0)
     run_parser.add_argument("--max-disk-gib", type=float, default=8.0)
-    run_parser.add_argument("--timeout", type=float, default=1200)
+    run_parser.add_argument("--timeout", type=float, default=900)
     run_parser.add_argument("--only", nargs="*", help="rows whose name contains one of these")
     run_parser.add_argument("--retry-failed", action="store_true")
     report_parser = sub.add_parser("report")
     report_parser.add_argument("--work", default=str(DEFAULT_WORK))
     report_parser.add_argument("--exclude", nargs="*", default=[], help="leave rows whose name contains these out")
+    report_parser.add_argument("--markdown", action="store_true", help="the table as Markdown (docs/memory-policy.md)")
     child_parser = sub.add_parser("child")
     child_parser.add_argument("job")
     args = parser.parse_args()

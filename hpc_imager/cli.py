@@ -148,28 +148,48 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
 
 
 @main.command()
-@cube_argument
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @site_option
+@click.option("--from-reports", is_flag=True,
+              help="SOURCES are finished runs (run directories or report.json files): fit on their chunks' "
+                   "measured peaks instead of running test tasks.")
 @click.option("--sizes", default=None, metavar="256x4,512x4,...",
               help="Sample tasks as image side x channels (default: three around the cube's size).")
 @click.option("--write/--no-write", default=True, show_default=True,
               help="Store the fit in the site's TOML as a [[calibration]] table.")
 @json_option
 @_user_errors
-def calibrate(cube_toml: Path, site: str, sizes: str | None, write: bool, as_json: bool) -> None:
-    """Measure real tclean tasks on the site's workers and fit its memory and time model."""
+def calibrate(sources: tuple[Path, ...], site: str, from_reports: bool, sizes: str | None, write: bool,
+              as_json: bool) -> None:
+    """Fit the site's memory and time model: on real tclean tasks run on its workers for CUBE_TOML
+    (SOURCES = one cube.toml), or on the chunks of finished runs (--from-reports RUN_DIR...)."""
     import shutil
 
     from . import casa_setup
-    from .calibrate import default_sizes, fit, measure, prediction_errors, store
+    from .calibrate import default_sizes, fit, measure, prediction_errors, samples_from_reports, store
     from .site_profile import BUILTIN_SITES, SiteError, load_site, site_path
 
-    spec = load_cube_spec(cube_toml)
     profile = load_site(site)
     site_file = Path(site) if site.endswith(".toml") else site_path(site)
     if write and (site_file is None or site_file.resolve().parent == BUILTIN_SITES.resolve()):
         raise SiteError(f"'{site}' is a built-in site: copy its TOML into a directory of HPC_IMAGER_SITE_DIRS "
                         "(or pass --site path/to/site.toml) to store a calibration, or use --no-write")
+    if from_reports:
+        fits = [fit(samples, *pair) for pair, samples in samples_from_reports(list(sources)).items()]
+        for fitted in fits if write else []:
+            store(fitted, site_file)
+        if as_json:
+            click.echo(json.dumps({"calibrations": [f.model_dump() for f in fits],
+                                   "stored_in": str(site_file) if write else None}, indent=2))
+            return
+        for fitted in fits:
+            click.echo(f"{fitted.gridder}/{fitted.deconvolver} ({fitted.fitted_on}): {fitted.base_gib:.3f} GiB + "
+                       f"{fitted.bytes_per_pixel_channel:.1f} B per pixel per channel"
+                       + (f"; stored in {site_file}" if write else ""))
+        return
+    if len(sources) != 1:
+        raise CubeSpecError("calibrate takes one cube.toml (or run directories with --from-reports)")
+    spec = load_cube_spec(sources[0])
     try:
         samples_wanted = ([tuple(int(v) for v in item.split("x")) for item in sizes.split(",")] if sizes
                           else default_sizes(spec))

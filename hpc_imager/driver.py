@@ -392,7 +392,7 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk]) -> Outco
                 else:
                     outcome.lost.append(chunk)
             else:
-                journal.done(chunk.index, dict(metrics, estimated_peak_bytes=int(plan.task_peak_gib * GIB)))
+                journal.done(chunk.index, dict(metrics, estimated_peak_bytes=plan.basis.task_peak_bytes))
                 progress.advance(bar, chunk.nchan)
             future.release()
             done = progress.tasks[0].completed - done_channels

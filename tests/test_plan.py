@@ -210,3 +210,25 @@ def test_backends_take_their_memory_figures_from_the_plan():
     assert kwargs["memory"] == f"{plan.workers_memory_bytes}B" == f"{12 * plan.worker_memory_limit_bytes}B"
     h_vmem = -(-plan.worker_address_space_bytes // 12) // 2**20 + 1
     assert kwargs["resource_spec"].startswith(f"h_vmem={h_vmem}M,")
+
+
+def test_a_measured_need_gets_room_for_the_terminate_threshold_only():
+    """A probe measured the worker process itself: no worker base inside the limit, no model headroom;
+    the nanny's memory goes into the job beside the limits."""
+    probed = TaskEstimate(2.0, 30.0, 2048 * 2048, 4, "probe", {})
+    plan = make_plan(spec(workers=12), site("slurm", "shared"), probed, chunks=100)
+    assert plan.worker_need_bytes == 2 * GIB
+    assert plan.worker_memory_limit_bytes == renderable_limit(2 * GIB / 0.95) == parse_bytes("2.11 GiB")
+    assert plan.worker_memory_limit_bytes <= 1.2 * 2 * GIB / 1.05  # within 20 % of the peak the probe measured
+    assert plan.job_memory_bytes == 12 * (plan.worker_memory_limit_bytes + GIB // 4) + GIB // 2
+    more = plan.with_more_memory()
+    assert more.worker_need_bytes == 4 * GIB and more.estimate_model == "probe"
+
+
+def test_limits_render_exactly_in_dask_jobqueue():
+    from dask.utils import format_bytes
+
+    for need in (0.3 * GIB, 0.999 * GIB, 1.0 * GIB, 4.0625 * GIB, 37.1234 * GIB):
+        limit = renderable_limit(need)
+        assert need <= limit < need + 0.011 * GIB
+        assert parse_bytes(format_bytes(limit)) == limit
