@@ -234,13 +234,21 @@ def save_results(results: dict) -> None:
     os.replace(tmp, RESULTS)
 
 
+# Measured first, in this order: what identifies each term soonest on a slow, shared machine.
+FIRST = ["mosaic-ngc-1024-4", "wproject-1-2048-1", "std-1024-16", "automask-1024-4", "mosaic-sim-p9-512-4",
+         "multiscale3-2048-1", "wproject64-1024-4", "std-2048-4", "mosaic-sim-p1-1024-4", "mosaic-sim-p4-1024-4",
+         "sim-IQUV-1024-4", "briggs-2048-16", "std-4096-1", "multiscale3-4096-1", "std-1024-63",
+         "combo-mosaic-p4-briggs-ms-automask-1024-4", "combo-wproject-1-briggs-clark-2048-4"]
+
+
 def _breadth_first(rows: list[dict], work: Path) -> list[dict]:
-    """Cheapest first within each family (std, mosaic, wproject, ...), families taken in turn: an
-    interrupted run has measured every factor at its smaller sizes."""
+    """The FIRST rows, then the cheapest first within each family (std, mosaic, wproject, ...),
+    families taken in turn: an interrupted run has measured every factor at its smaller sizes."""
+    first = sorted((r for r in rows if r["name"] in FIRST), key=lambda r: FIRST.index(r["name"]))
     families: dict[str, list[dict]] = {}
-    for row in sorted(rows, key=lambda r: task_peak_bytes(shape_of(r, work))):
+    for row in sorted((r for r in rows if r["name"] not in FIRST), key=lambda r: task_peak_bytes(shape_of(r, work))):
         families.setdefault(row["name"].split("-")[0], []).append(row)
-    ordered = []
+    ordered = first
     while any(families.values()):
         for family in families.values():
             if family:
@@ -290,9 +298,16 @@ def report(args) -> None:
             if r["status"] == "ok" and not any(x in name for x in args.exclude)]
     samples = [(s, p) for s, p, _ in rows]
     fitted = fit_memory_terms(samples)
-    print("terms fitted on every row (bytes per unit):")
-    for name, value in fitted.items():
-        print(f"  {name:18s} {value:14.4g}   (estimate.py: {MEMORY_TERMS[name]:.4g})")
+    if args.markdown:
+        from hpc_imager.estimate import TERM_UNITS
+
+        print("| term | bytes per unit (estimate.py) | unit | fitted on these rows |\n|---|---|---|---|")
+        for name, value in fitted.items():
+            print(f"| `{name}` | {MEMORY_TERMS[name]:.4g} | {TERM_UNITS[name]} | {value:.4g} |")
+    else:
+        print("terms fitted on every row (bytes per unit):")
+        for name, value in fitted.items():
+            print(f"  {name:18s} {value:14.4g}   (estimate.py: {MEMORY_TERMS[name]:.4g})")
     loo = leave_one_out(samples)
     if args.markdown:
         print("\n| row | measured GiB | estimate GiB | estimate/measured | leave-one-out |\n|---|---|---|---|---|")

@@ -13,8 +13,11 @@ has the table):
   a time and keeps residual, psf, model and mask planes; ``multiscale_scale`` adds per scale
   (the smoothed residuals and scale-PSF cross terms); ``mem`` its own work planes; ``automask``
   auto-multithresh's work planes.
-* ``mosaic_screens``: per image pixel for the mosaic gridder: two complex primary-beam screens of
-  twice the image size that HetArrayConvFunc holds while it builds the convolution functions.
+* ``mosaic_screens``: once per task for the mosaic gridder: SimplePBConvFunc's primary-beam
+  screens and work images. Measured here about the same (≈ 2.7 GiB) for a 192², 512² and 1024²
+  image: casacore keeps such an image in memory only when it fits in half the memory free on the
+  node and moves it to disk (keeping a tile cache) otherwise, so this term follows the NODE's free
+  memory more than the image: the probe measures it.
 * ``mosaic_pointing``: per pointing and channel, the cached convolution functions (and their
   weight functions), oversampled squares whose side grows with the antenna aperture in uv cells,
   i.e. with field of view / primary beam.
@@ -50,7 +53,7 @@ MEMORY_TERMS: dict[str, float] = {
     "mem": 40.0,
     "automask": 40.0,
     "mosaic_cube": 60.0,
-    "mosaic_screens": 64.0,
+    "mosaic_screens": 2.7 * GIB,
     "mosaic_pointing": 5e5,
     "wproject_cf": 1.0,
 }
@@ -64,7 +67,7 @@ TERM_UNITS = {
     "mem": "pixel × Stokes (mem, niter > 0)",
     "automask": "pixel × Stokes × channel (auto-multithresh, niter > 0)",
     "mosaic_cube": "pixel × Stokes × channel (mosaic)",
-    "mosaic_screens": "pixel (mosaic)",
+    "mosaic_screens": "1 (mosaic)",
     "mosaic_pointing": "pointing × channel × (convolution function side)² (mosaic)",
     "wproject_cf": "byte of WPConvFunc's convolution-function cube (wproject, widefield)",
 }
@@ -146,7 +149,7 @@ def memory_features(shape: TaskShape) -> dict[str, float]:
         "mem": plane if deconvolving and shape.deconvolver == "mem" else 0.0,
         "automask": cube if deconvolving and shape.usemask == "auto-multithresh" else 0.0,
         "mosaic_cube": cube if mosaic else 0.0,
-        "mosaic_screens": shape.pixels if mosaic else 0.0,
+        "mosaic_screens": 1.0 if mosaic else 0.0,
         "mosaic_pointing": shape.ms.fields * shape.channels * shape.mosaic_cf_side() ** 2 if mosaic else 0.0,
         "wproject_cf": shape.w_cf_bytes() if shape.gridder in ("wproject", "widefield") else 0.0,
     }
