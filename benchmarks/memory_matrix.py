@@ -138,14 +138,14 @@ def design() -> list[dict]:
     return rows
 
 
-_FACTS: dict[tuple[str, str, str], MsFacts] = {}
+_FACTS: dict[tuple[str, str], MsFacts] = {}
 
 
 def shape_of(row: dict, work: Path = DEFAULT_WORK) -> TaskShape:
     """The row's task as the estimate sees it (the MS's facts read once per data set and gridder)."""
-    key = (row["data"], row["field"], row["gridder"])
+    key = (row["data"], row["gridder"])
     if key not in _FACTS:
-        _FACTS[key] = ms_facts(str(_dataset(row["data"], work)), row["field"], row["gridder"])
+        _FACTS[key] = ms_facts(str(_dataset(row["data"], work)), row["gridder"])
     return TaskShape(
         nx=row["imsize"], ny=row["imsize"], stokes_planes=1 if row["stokes"] == "I" else len(row["stokes"]),
         channels=row["nchan"], cell_rad=math.radians(float(row["cell"].removesuffix("arcsec")) / 3600),
@@ -236,9 +236,10 @@ def save_results(results: dict) -> None:
 
 # Measured first, in this order: what identifies each term soonest on a slow, shared machine.
 FIRST = ["mosaic-ngc-1024-4", "wproject-1-2048-1", "std-1024-16", "automask-1024-4", "mosaic-sim-p9-512-4",
-         "multiscale3-2048-1", "wproject64-1024-4", "std-2048-4", "mosaic-sim-p1-1024-4", "mosaic-sim-p4-1024-4",
-         "sim-IQUV-1024-4", "briggs-2048-16", "std-4096-1", "multiscale3-4096-1", "std-1024-63",
-         "combo-mosaic-p4-briggs-ms-automask-1024-4", "combo-wproject-1-briggs-clark-2048-4"]
+         "multiscale3-2048-1", "wproject64-1024-4", "wproject-1-1024-4", "automask-2048-4", "hogbom-2048-1",
+         "std-2048-4", "sim-IQUV-1024-4", "briggs-2048-16", "mosaic-sim-p1-1024-4", "mosaic-sim-p4-1024-4",
+         "std-4096-1", "multiscale3-4096-1", "std-1024-63", "combo-mosaic-p4-briggs-ms-automask-1024-4",
+         "combo-wproject-1-briggs-clark-2048-4"]
 
 
 def _breadth_first(rows: list[dict], work: Path) -> list[dict]:

@@ -18,9 +18,6 @@ has the table):
   image: casacore keeps such an image in memory only when it fits in half the memory free on the
   node and moves it to disk (keeping a tile cache) otherwise, so this term follows the NODE's free
   memory more than the image: the probe measures it.
-* ``mosaic_pointing``: per pointing and channel, the cached convolution functions (and their
-  weight functions), oversampled squares whose side grows with the antenna aperture in uv cells,
-  i.e. with field of view / primary beam.
 * ``wproject_cf``: w-projection's convolution function cube as WPConvFunc allocates it:
   8 B × (min(1.2 nx, cap) / 2)² × planes, where ``planes`` is ``wprojplanes`` or, for -1,
   1.05 × max w (wavelengths) × sin(cell × nx / 2), and CASA caps the cube at a quarter of the
@@ -52,9 +49,7 @@ MEMORY_TERMS: dict[str, float] = {
     "multiscale_scale": 40.0,
     "mem": 40.0,
     "automask": 40.0,
-    "mosaic_cube": 60.0,
     "mosaic_screens": 2.7 * GIB,
-    "mosaic_pointing": 5e5,
     "wproject_cf": 1.0,
 }
 # Each term's quantity, for the docs and the benchmark's table.
@@ -66,9 +61,7 @@ TERM_UNITS = {
     "multiscale_scale": "pixel × Stokes × scale (multiscale, niter > 0)",
     "mem": "pixel × Stokes (mem, niter > 0)",
     "automask": "pixel × Stokes × channel (auto-multithresh, niter > 0)",
-    "mosaic_cube": "pixel × Stokes × channel (mosaic)",
     "mosaic_screens": "1 (mosaic)",
-    "mosaic_pointing": "pointing × channel × (convolution function side)² (mosaic)",
     "wproject_cf": "byte of WPConvFunc's convolution-function cube (wproject, widefield)",
 }
 WEIGHTINGS_WITH_DENSITY = ("briggs", "briggsabs", "briggsbwtaper", "uniform", "superuniform")
@@ -78,9 +71,7 @@ WEIGHTINGS_WITH_DENSITY = ("briggs", "briggsabs", "briggsbwtaper", "uniform", "s
 class MsFacts:
     """What the memory depends on that only the measurement set knows."""
 
-    fields: int = 1  # fields selected (mosaic pointings)
     max_w_wavelengths: float = 0.0
-    primary_beam_rad: float = math.radians(0.5)  # FWHM 1.2 λ/D at the highest frequency, smallest dish
 
 
 @dataclass(frozen=True)
@@ -126,13 +117,6 @@ class TaskShape:
         return 8.0 * (side / 2) ** 2 * planes
 
 
-    def mosaic_cf_side(self) -> float:
-        """Side of one mosaic convolution function before oversampling: 2 × (support + 2), where the
-        support is the antenna aperture in uv cells; measured: 7 cells for a 512 × 12" image of 25 m
-        dishes at 1.4 GHz (field of view / primary-beam FWHM = 2.9), so support ≈ 2.4 × that ratio."""
-        support = 2.4 * self.cell_rad * max(self.nx, self.ny) / self.ms.primary_beam_rad
-        return 2 * (support + 2)
-
 
 def memory_features(shape: TaskShape) -> dict[str, float]:
     """Each term's quantity for ``shape`` (multiplied by MEMORY_TERMS and summed)."""
@@ -148,9 +132,7 @@ def memory_features(shape: TaskShape) -> dict[str, float]:
         "multiscale_scale": plane * shape.scales if deconvolving and shape.deconvolver in ("multiscale", "mtmfs") else 0.0,
         "mem": plane if deconvolving and shape.deconvolver == "mem" else 0.0,
         "automask": cube if deconvolving and shape.usemask == "auto-multithresh" else 0.0,
-        "mosaic_cube": cube if mosaic else 0.0,
         "mosaic_screens": 1.0 if mosaic else 0.0,
-        "mosaic_pointing": shape.ms.fields * shape.channels * shape.mosaic_cf_side() ** 2 if mosaic else 0.0,
         "wproject_cf": shape.w_cf_bytes() if shape.gridder in ("wproject", "widefield") else 0.0,
     }
 
@@ -201,33 +183,28 @@ def _cell_rad(cell) -> float:
     return quanta().convert(quanta().quantity(first), "rad")["value"]
 
 
-def ms_facts(vis: str | list[str], field_selection: str | list[str], gridder: str) -> MsFacts:
-    """Fields, max |w| and primary beam, read from the MS (cheap: sub-tables and ms.range)."""
+def ms_facts(vis: str | list[str], gridder: str) -> MsFacts:
+    """The largest |w| in wavelengths (w-projection's automatic planes), read from the MS with
+    ms.range and its highest frequency: cheap, no data read."""
     from casatools import ms, table
 
-    paths = [vis] if isinstance(vis, str) else list(vis)
-    selection = field_selection if isinstance(field_selection, str) else ",".join(field_selection)
-    fields, max_w, beam = 0, 0.0, math.inf
+    max_w = 0.0
+    if gridder not in ("wproject", "widefield"):
+        return MsFacts()
     tool, tb = ms(), table()
-    for path in paths:
-        fields += len(tool.msseltoindex(vis=path, field=selection)["field"]) if "mosaic" in gridder else 1
+    for path in [vis] if isinstance(vis, str) else list(vis):
         tb.open(f"{path}/SPECTRAL_WINDOW")
-        max_freq = max(float(f.max()) for f in (tb.getcell("CHAN_FREQ", r) for r in range(tb.nrows())))
+        max_freq = max(float(tb.getcell("CHAN_FREQ", r).max()) for r in range(tb.nrows()))
         tb.close()
-        tb.open(f"{path}/ANTENNA")
-        dish = float(min(d for d in tb.getcol("DISH_DIAMETER") if d > 0))
-        tb.close()
-        if gridder in ("wproject", "widefield"):
-            tool.open(path)
-            max_w = max(max_w, float(abs(tool.range(["w"])["w"]).max()) * max_freq / SPEED_OF_LIGHT)
-            tool.close()
-        beam = min(beam, 1.2 * SPEED_OF_LIGHT / max_freq / dish)
-    return MsFacts(fields=max(1, fields), max_w_wavelengths=max_w, primary_beam_rad=beam)
+        tool.open(path)
+        max_w = max(max_w, float(abs(tool.range(["w"])["w"]).max()) * max_freq / SPEED_OF_LIGHT)
+        tool.close()
+    return MsFacts(max_w_wavelengths=max_w)
 
 
 def cube_facts(spec: CubeSpec) -> MsFacts:
     """:func:`ms_facts` for the cube's own MS and selection."""
-    return ms_facts(spec.tclean.vis, spec.tclean.field, spec.tclean.gridder)
+    return ms_facts(spec.tclean.vis, spec.tclean.gridder)
 
 
 def task_shape(spec: CubeSpec, facts: MsFacts, casa_memory_bytes: int = 0) -> TaskShape:

@@ -46,17 +46,14 @@ def test_w_projection_cache_is_capped_at_a_quarter_of_the_memory_casa_sees():
 def test_terms_apply_only_where_tclean_allocates_them():
     plain = memory_features(TaskShape(nx=512, ny=512, stokes_planes=1, channels=4))
     assert plain["image_cube"] == 512 * 512 * 4
-    assert plain["minor_cycle"] == plain["weight_density"] == plain["mosaic_pointing"] == plain["wproject_cf"] == 0
+    assert plain["minor_cycle"] == plain["weight_density"] == plain["wproject_cf"] == 0
     cleaned = memory_features(TaskShape(nx=512, ny=512, stokes_planes=4, channels=4, niter=100,
                                         deconvolver="multiscale", scales=3, weighting="briggs"))
     assert cleaned["minor_cycle"] == 512 * 512 * 4  # one channel at a time, every Stokes plane
     assert cleaned["multiscale_scale"] == 3 * 512 * 512 * 4
     assert cleaned["weight_density"] == 512 * 512 * 4
-    one = memory_features(TaskShape(nx=512, ny=512, stokes_planes=1, channels=4, gridder="mosaic",
-                                    ms=MsFacts(fields=1)))
-    nine = memory_features(TaskShape(nx=512, ny=512, stokes_planes=1, channels=4, gridder="mosaic",
-                                     ms=MsFacts(fields=9)))
-    assert nine["mosaic_pointing"] == 9 * one["mosaic_pointing"] > 0
+    mosaic = memory_features(TaskShape(nx=512, ny=512, stokes_planes=1, channels=4, gridder="mosaic"))
+    assert mosaic["mosaic_screens"] == 1 and plain["mosaic_screens"] == 0
 
 
 def test_fit_recovers_known_terms_and_never_under_estimates():
