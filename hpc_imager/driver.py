@@ -139,9 +139,10 @@ def image_cube(
     )
     started = time.time()
     probe = _probe(run, estimate, todo) if probe_wanted(spec, site) and len(todo) > 1 else None
-    if probe and probe.estimate:
-        plan = make_plan(spec, site, probe.estimate, max(1, len(todo) - 1))
+    if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
         todo = [c for c in todo if c != probe.chunk]
+    if probe and probe.estimate:
+        plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
     passes = _image_chunks(run, plan, todo)
     if probe and probe.passes:
         passes.lost += probe.passes.lost
@@ -249,7 +250,8 @@ def _probe(run: RunContext, estimate: TaskEstimate, todo: list[Chunk]) -> Probe 
     except PlanRefused:
         pass  # a node cannot hold twice the model's figure: probe with the model's own
     run.console.print(f"hpc_imager: probe: imaging {first.name} alone to measure what one task needs")
-    passes = _image_chunks(run, plan, [first])
+    # the chunk is recorded with the model's estimate (not the allowance), to show how far off it was
+    passes = _image_chunks(run, plan, [first], estimated_peak_bytes=int(estimate.task_peak_gib * GIB))
     done = run.journal.record(first.index).done
     probed = probed_estimate(run.spec, done) if done else None
     if probed:
@@ -303,7 +305,7 @@ class Passes:
     memory_note: str = ""
 
 
-def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk]) -> Passes:
+def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk], estimated_peak_bytes: int | None = None) -> Passes:
     """Image ``todo`` in a cluster made from ``plan``; chunks killed for memory go round again in a
     cluster whose workers have twice the memory, until they fit or a node cannot hold one worker."""
     passes = Passes(plans=[plan])
@@ -313,7 +315,7 @@ def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk]) -> Passes:
             client.register_plugin(PrepareWorker(str(run.run_dir)))
             run.console.print(f"hpc_imager: dashboard {client.dashboard_link}")
             _wait_for_first_worker(run, client)
-            outcome = _run_chunks(run, client, plan, todo)
+            outcome = _run_chunks(run, client, plan, todo, estimated_peak_bytes or plan.basis.task_peak_bytes)
         passes.lost += outcome.lost
         passes.failures += outcome.failures
         todo = outcome.out_of_memory
@@ -338,7 +340,7 @@ class Outcome:
     failures: list[dict] = field(default_factory=list)
 
 
-def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk]) -> Outcome:
+def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], estimated_peak_bytes: int) -> Outcome:
     """Keep at most max_in_flight chunks submitted; retry failures; say which chunks were given up on."""
     from distributed import as_completed
 
@@ -392,7 +394,7 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk]) -> Outco
                 else:
                     outcome.lost.append(chunk)
             else:
-                journal.done(chunk.index, dict(metrics, estimated_peak_bytes=plan.basis.task_peak_bytes))
+                journal.done(chunk.index, dict(metrics, estimated_peak_bytes=estimated_peak_bytes))
                 progress.advance(bar, chunk.nchan)
             future.release()
             done = progress.tasks[0].completed - done_channels
