@@ -20,7 +20,7 @@ with one guard channel after it, which the worker trims off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .cube_spec import TcleanParams
@@ -62,6 +62,9 @@ class ChannelGrid:
     unit: str  # '' for channel indices
     frame: str
     tabular_axis: dict | None = None  # serial's spectral coordinate when it is tabular (optical velocities)
+    # Centre frequency (Hz, in ``frame``) of every output channel as CASA resolved it; preflight compares
+    # them with the selected data's.
+    frequencies: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def linear(self) -> bool:
@@ -110,8 +113,12 @@ def _quantity(value, like: str):
     return q if q["unit"] and qa.compare(q, qa.quantity(like)) else None
 
 
-def resolve_grid(tclean: TcleanParams) -> ChannelGrid:
-    """Ask CASA for the serial cube's channel grid (cheap: no data are gridded)."""
+def spectral_axis(tclean: TcleanParams) -> tuple[dict, int]:
+    """CASA's imager's spectral coordinate and channel count for these keywords (no data are gridded).
+
+    CASA raises its own exceptions for keywords it cannot use (an image shape, a cell, a phase
+    centre, a selection); :mod:`hpc_imager.preflight` turns them into one line naming the keyword.
+    """
     from casatools import synthesisimager
     from casatasks.private.imagerhelpers.input_parameters import ImagerParameters
 
@@ -135,22 +142,36 @@ def resolve_grid(tclean: TcleanParams) -> ChannelGrid:
         nchan = imager.updatenchan() if tclean.nchan == -1 else tclean.nchan
     finally:
         imager.done()
-    spectral = next(v for k, v in csys["coordsys"].items() if k.startswith("spectral"))
+    return next(v for k, v in csys["coordsys"].items() if k.startswith("spectral")), nchan
+
+
+def channel_frequencies(spectral: dict, nchan: int) -> tuple[float, ...]:
+    """Centre frequencies (Hz) of ``nchan`` channels of a CASA spectral coordinate record."""
+    wcs = spectral.get("wcs")
+    if wcs:
+        return tuple(wcs["crval"] + (i - wcs["crpix"]) * wcs["cdelt"] for i in range(nchan))
+    return tuple(float(f) for f in spectral["tabular"]["worldvalues"][:nchan])
+
+
+def resolve_grid(tclean: TcleanParams) -> ChannelGrid:
+    """Ask CASA for the serial cube's channel grid (cheap: no data are gridded)."""
+    spectral, nchan = spectral_axis(tclean)
+    frequencies = channel_frequencies(spectral, nchan)
 
     start, width = tclean.start, tclean.width
     if isinstance(start, int) and (isinstance(width, int) or width == ""):
-        return ChannelGrid(nchan, "channel", start, width or 1, "", spectral["system"])
+        return ChannelGrid(nchan, "channel", start, width or 1, "", spectral["system"], frequencies=frequencies)
     v0, dv = _quantity(start, "1km/s"), _quantity(width, "1km/s")
     if v0 and dv:
         from casatools import quanta
 
         dv_in_start_unit = quanta().convert(dv, v0["unit"])["value"]
         return ChannelGrid(nchan, "velocity", v0["value"], dv_in_start_unit, v0["unit"], spectral["system"],
-                           tabular_axis=None if spectral.get("wcs") else spectral)
+                           tabular_axis=None if spectral.get("wcs") else spectral, frequencies=frequencies)
     wcs = spectral.get("wcs")
     if not wcs:
         raise ValueError(
             "the cube's frequency axis is not linear (optical velocity?): give both start and width as velocities"
         )
     crval = wcs["crval"] - wcs["crpix"] * wcs["cdelt"]
-    return ChannelGrid(nchan, "frequency", crval, wcs["cdelt"], "Hz", spectral["system"])
+    return ChannelGrid(nchan, "frequency", crval, wcs["cdelt"], "Hz", spectral["system"], frequencies=frequencies)

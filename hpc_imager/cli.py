@@ -36,6 +36,16 @@ def _user_errors(function):
     return wrapper
 
 
+def _click_type(annotation):
+    """click's type for a [parallel] field: its choices when it has some (Literal), else int."""
+    import typing
+
+    for member in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(member) is typing.Literal:
+            return click.Choice(typing.get_args(member))
+    return int
+
+
 def _parallel_overrides(function):
     """One --option per [parallel] field, taken from the schema so the two never drift."""
     for name, field in reversed(ParallelParams.model_fields.items()):
@@ -43,7 +53,7 @@ def _parallel_overrides(function):
         if name == "probe":  # "auto" | true | false: the command line says on or off
             flag, kind = f"{flag}/--no-{name}", {"is_flag": True}
         else:
-            kind = {"type": int}
+            kind = {"type": _click_type(field.annotation)}
         function = click.option(flag, name, default=None, help=f"{field.description} Overrides [parallel] {name}.",
                                 **kind)(function)
     return function
@@ -111,7 +121,9 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 
     With --probe, image the cube's first chunk on one worker of the site and report its measured peak."""
     from .estimate import cube_facts, estimate_task
+    from .preflight import check_cube
 
+    check_cube(spec)  # an estimate for a cube tclean would reject is no use
     result = estimate_task(spec, profile, cube_facts(spec))
     if spec.parallel.probe is True:
         from .driver import probe_cube
@@ -132,11 +144,11 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
-    from .channel_grid import resolve_grid
     from .estimate import cube_facts, estimate_task
     from .plan import make_plan
+    from .preflight import check_cube
 
-    chunks = resolve_grid(spec.tclean).chunks(spec.parallel.channels_per_task)
+    chunks = check_cube(spec).chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, cube_facts(spec)), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:
@@ -196,6 +208,9 @@ def calibrate(sources: tuple[Path, ...], site: str, from_reports: bool, sizes: s
     except ValueError:
         raise CubeSpecError(f"--sizes: expected side x channels like 256x4,512x4, got {sizes!r}") from None
     casa_setup.configure_offline()
+    from .preflight import check_cube
+
+    check_cube(spec)  # before the site's workers are asked for
     work_dir = spec.run_directory.with_name(spec.run_directory.name + ".calibration")
     try:
         samples = measure(spec, profile, samples_wanted, work_dir)

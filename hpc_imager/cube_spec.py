@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import shell_safety
 from .errors import UserError
 
 Float = Union[StrictFloat, StrictInt]
@@ -162,7 +163,12 @@ class _TcleanChecks(BaseModel):
     def _imagename_given(cls, value):
         if not value:
             raise ValueError("imagename must name the output images")
-        return value
+        return shell_safety.path(value)  # the run directory and job log paths are made from it
+
+    @field_validator("vis", check_fields=False)
+    @classmethod
+    def _vis_is_a_plain_path(cls, value):
+        return [shell_safety.path(v) for v in value] if isinstance(value, list) else shell_safety.path(value)
 
     @model_validator(mode="after")
     def _parallel_safe(self):
@@ -203,6 +209,11 @@ class ParallelParams(BaseModel):
     max_in_flight: Annotated[Optional[int], Field(ge=1, description="Tasks submitted at once; default: the number of workers.")] = None
     retries: Annotated[int, Field(ge=0, description="Extra tries for a task that fails before the run gives up on its channels.")] = 2
     probe: Annotated[Union[Literal["auto"], bool], Field(description="Image one chunk on one worker first and size the workers for the rest from its measured peak memory; 'auto': when the site has no calibration for the cube's gridder and deconvolver.")] = "auto"
+    iteration: Annotated[Optional[Literal["cube", "per-chunk"]], Field(description=(
+        "With niter > 0: 'cube' keeps one iteration control for the whole cube in the driver, as serial"
+        " tclean does, and equals serial tclean (the default); 'per-chunk' cleans each chunk as its own"
+        " cube: faster (no barrier between cycles) but each chunk picks its own cycle thresholds and"
+        " iteration budget, so planes differ from serial tclean."))] = None
 
 
 class RunParams(BaseModel):
@@ -212,6 +223,12 @@ class RunParams(BaseModel):
 
     directory: Annotated[Optional[str], Field(description="Run directory; default: '<imagename>.hpcrun'. Relative to cube.toml.")] = None
     keep_parts: Annotated[bool, Field(description="Keep the per-chunk images after the final cubes are assembled.")] = False
+    allow_blank_channels: Annotated[bool, Field(description="Image output channels that lie outside the selected data (tclean makes them blank planes) instead of refusing the cube.")] = False
+
+    @field_validator("directory")
+    @classmethod
+    def _plain_path(cls, value):
+        return value if value is None else shell_safety.path(value)  # job log directives are made from it
 
 
 class CubeSpec(BaseModel):
@@ -224,12 +241,21 @@ class CubeSpec(BaseModel):
     run: RunParams = RunParams()
 
     @property
+    def iteration(self) -> str:
+        """How cleaning is controlled: 'none' (niter=0), 'cube' or 'per-chunk'."""
+        if self.tclean.niter == 0:
+            return "none"
+        return self.parallel.iteration or "cube"
+
+    @property
     def run_directory(self) -> Path:
         return Path(self.run.directory or f"{self.tclean.imagename}.hpcrun")
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the pixels, so --resume can refuse a different cube."""
         decisive = {"tclean": self.tclean.model_dump(), "channels_per_task": self.parallel.channels_per_task}
+        if self.iteration == "cube":
+            decisive["iteration"] = "cube"  # per-chunk and niter=0 runs keep the fingerprints they had
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -8,13 +8,14 @@ without re-imaging what was done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -29,9 +30,12 @@ from .decisions import Next, after_failure, ran_out_of_memory
 from .errors import RunFailed
 from .estimate import GIB, TaskEstimate, cube_facts, estimate_task, memory_surprise, probe_wanted, probed_estimate
 from .imaging_task import image_chunk, part_path
+from .iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
 from .journal import Journal, RunDirectoryError
 from .logs import send_dask_logs_to
 from .plan import Plan, PlanRefused, make_plan
+from .preflight import check_cube
+from .run_security import dashboard_hint
 from .site_profile import SiteProfile, walltime_seconds
 from .worker_plugin import PrepareWorker
 
@@ -106,8 +110,11 @@ def image_cube(
     if existing and not resume:
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
 
-    grid = resolve_grid(spec.tclean)
+    grid = check_cube(spec)  # before any worker starts: every mistake tclean would make is one line now
     chunks = grid.chunks(spec.parallel.channels_per_task)
+    weighting_refusal(spec.tclean.model_dump(), chunks)
+    if spec.iteration == "cube":
+        cube_iteration_refusal(spec.tclean.model_dump(), chunks)
     estimate = estimate_task(spec, site, cube_facts(spec))
     plan = make_plan(spec, site, estimate, len(chunks))
     identity = {
@@ -130,7 +137,8 @@ def image_cube(
     send_dask_logs_to(open(run_dir / "logs" / "driver.dask.log", "a", buffering=1))
 
     run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks)
-    todo = [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
+    cube_iteration = spec.iteration == "cube"
+    todo = chunks if cube_iteration else [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
     for caveat in grid.caveats():
         console.print(f"hpc_imager: warning: {caveat}")
     console.print(
@@ -138,12 +146,18 @@ def image_cube(
         f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
     )
     started = time.time()
-    probe = _probe(run, estimate, todo) if probe_wanted(spec, site) and len(todo) > 1 else None
+    # A probe images a chunk whole; a cube cleaned as one (iteration "cube") images every chunk in
+    # step with the others, so it is planned from the model (or the site's calibration).
+    probe = (_probe(run, estimate, todo)
+             if probe_wanted(spec, site) and len(todo) > 1 and not cube_iteration else None)
     if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
         todo = [c for c in todo if c != probe.chunk]
     if probe and probe.estimate:
         plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
-    passes = _image_chunks(run, plan, todo)
+    if cube_iteration:
+        passes, iteration = _clean_cube(run, plan)
+    else:
+        passes, iteration = _image_chunks(run, plan, todo), None
     if probe and probe.passes:
         passes.lost += probe.passes.lost
         passes.failures = probe.passes.failures + passes.failures
@@ -172,14 +186,19 @@ def image_cube(
         "chunk_metrics": chunk_metrics,
         "memory_warnings": surprises,
         "failures": passes.failures,
+        "iteration": spec.iteration,
     }
+    if iteration is not None:
+        report["iteration_summary"] = iteration
     if lost:
         report["missing_channels"] = [ch for c in lost for ch in c.channels]
         _write_report(run_dir, report)
+        last_error = next((f["error"] for f in reversed(passes.failures) if f["chunk"] == lost[0].index), "")
         raise RunIncomplete(
             f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
             f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
             + passes.memory_note
+            + (f"; {lost[0].name} (channels {_channel_ranges(lost[:1])}) last failed with {last_error}" if last_error else "")
         )
     report["concat"] = assemble(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis)
     report["wall_seconds"] = time.time() - started
@@ -313,9 +332,9 @@ def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk], estimated_peak
         run.console.print(f"hpc_imager: {plan.summary()}")
         with run.backend.cluster(plan, run.site, run.run_dir) as client:
             client.register_plugin(PrepareWorker(str(run.run_dir)))
-            run.console.print(f"hpc_imager: dashboard {client.dashboard_link}")
+            run.console.print(f"hpc_imager: {dashboard_hint(client.dashboard_link, run.site.dashboard_address)}")
             _wait_for_first_worker(run, client)
-            outcome = _run_chunks(run, client, plan, todo, estimated_peak_bytes or plan.basis.task_peak_bytes)
+            outcome = _run_chunks(run, client, plan, todo, estimated_peak_bytes=estimated_peak_bytes)
         passes.lost += outcome.lost
         passes.failures += outcome.failures
         todo = outcome.out_of_memory
@@ -333,6 +352,80 @@ def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk], estimated_peak
     return passes
 
 
+class _StepUnfinished(Exception):
+    """A step of whole-cube iteration could not finish in every chunk (recorded in the Passes)."""
+
+
+@dataclass
+class Step:
+    """One step of whole-cube iteration: ``function`` run for every chunk, results kept by chunk."""
+
+    function: Callable
+    keywords: dict
+    description: str
+    results: dict = field(default_factory=dict)
+
+
+def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
+    """Whole-cube iteration (:mod:`hpc_imager.iteration` holds the controller and decides the steps):
+    each step runs in every chunk through the same bounded, retrying loop as per-chunk imaging, in one
+    cluster kept for the run (replaced by one with more memory after a memory kill). A step that
+    cannot finish ends the run; ``--resume`` continues after the last step every chunk finished."""
+    passes = Passes(plans=[plan])
+    latest = {"cycle": 0, "iterdone": 0, "peakresidual": 0.0}
+    timings: list[dict] = []  # per step: its wall time and its tasks' (the rest is waiting at the barrier)
+    with contextlib.ExitStack() as clusters:
+        client = None
+
+        def run_step(function: Callable, arguments: list[tuple], **keywords) -> list:
+            # ``arguments`` are each chunk's (tclean params, chunk, run directory): _run_chunks submits those.
+            nonlocal client, plan
+            what = {"start_chunk": "PSF, residual", "restore_chunk": "restoring"}.get(
+                function.__name__, f"cycle {keywords.get('cycle')}")
+            step = Step(function, keywords, f"{what} (iterations {latest['iterdone']},"
+                                                f" peak residual {latest['peakresidual']:.3g})")
+            todo = list(run.chunks)
+            step_started = time.time()
+            while todo:
+                if client is None:
+                    run.console.print(f"hpc_imager: {plan.summary()}")
+                    client = clusters.enter_context(run.backend.cluster(plan, run.site, run.run_dir))
+                    client.register_plugin(PrepareWorker(str(run.run_dir)))
+                    run.console.print(f"hpc_imager: dashboard {client.dashboard_link}")
+                    _wait_for_first_worker(run, client)
+                outcome = _run_chunks(run, client, plan, todo, step)
+                passes.failures += outcome.failures
+                passes.lost += outcome.lost
+                if outcome.lost:
+                    raise _StepUnfinished
+                todo = outcome.out_of_memory
+                if todo:
+                    try:
+                        plan = plan.with_more_memory(chunks=len(run.chunks))
+                    except PlanRefused as refusal:
+                        passes.lost += todo
+                        passes.memory_note = (f"; channels {_channel_ranges(todo)} ran out of memory and cannot"
+                                              f" have more: {refusal}")
+                        raise _StepUnfinished from None
+                    passes.plans.append(plan)
+                    run.console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: going on with twice"
+                                      " the memory per worker")
+                    clusters.close()
+                    client = None
+            results = [step.results[c.index] for c in run.chunks]
+            task_seconds = [r["seconds"] for r in results]
+            timings.append({"step": what, "wall_seconds": time.time() - step_started,
+                            "task_seconds_max": max(task_seconds), "task_seconds_sum": sum(task_seconds)})
+            return results
+
+        try:
+            summary = clean_cube(run.tclean_params, run.chunks, run.grid.nchan, run.run_dir, run.journal, run_step,
+                                 on_cycle=latest.update)
+        except _StepUnfinished:
+            return passes, None
+    return passes, dict(iteration_report(summary), steps=timings)
+
+
 @dataclass
 class Outcome:
     lost: list[Chunk] = field(default_factory=list)  # failed every try
@@ -340,8 +433,12 @@ class Outcome:
     failures: list[dict] = field(default_factory=list)
 
 
-def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], estimated_peak_bytes: int) -> Outcome:
-    """Keep at most max_in_flight chunks submitted; retry failures; say which chunks were given up on."""
+def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: Step | None = None,
+                estimated_peak_bytes: int | None = None) -> Outcome:
+    """Keep at most max_in_flight chunks submitted; retry failures; say which chunks were given up on.
+    Without ``step`` each chunk is imaged whole (``image_chunk``) and recorded with the peak it was
+    planned for (``estimated_peak_bytes``, default the plan's); with one, ``step.function`` runs and
+    its results go to ``step.results``."""
     from distributed import as_completed
 
     params = run.tclean_params
@@ -359,8 +456,13 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], estimate
         attempt = journal.record(chunk.index).attempts + 1
         journal.submitted(chunk.index, attempt)
         tries[chunk.index] = tries.get(chunk.index, 0) + 1
-        future = client.submit(image_chunk, params, chunk, str(run.run_dir), attempt,
-                               key=f"{chunk.name}-attempt-{attempt}", pure=False)
+        if step is None:
+            future = client.submit(image_chunk, params, chunk, str(run.run_dir), attempt,
+                                   key=f"{chunk.name}-attempt-{attempt}", pure=False)
+        else:
+            future = client.submit(step.function, params, chunk, str(run.run_dir), attempt=attempt,
+                                   **step.keywords, key=f"{chunk.name}-{step.function.__name__}-attempt-{attempt}",
+                                   pure=False)
         in_flight[future.key] = (chunk, attempt)
         pending.add(future)
 
@@ -370,8 +472,8 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], estimate
 
     started = time.time()
     with _progress(run.console) as progress:
-        bar = progress.add_task("imaging", total=total_channels, completed=done_channels, rate="", failures=0,
-                                workers="")
+        bar = progress.add_task("imaging" if step is None else step.description, total=total_channels,
+                                completed=done_channels, rate="", failures=0, workers="")
         refill()
         for future in pending:
             chunk, attempt = in_flight.pop(future.key)
@@ -380,7 +482,8 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], estimate
             except Exception as error:  # any failure of the task or its worker: decide what next
                 message = f"{type(error).__name__}: {error}"
                 journal.failed(chunk.index, attempt, message)
-                outcome.failures.append({"chunk": chunk.index, "attempt": attempt, "error": message})
+                outcome.failures.append({"chunk": chunk.index, "channels": _channel_ranges([chunk]), "attempt": attempt,
+                                         "error": message})
                 progress.console.print(f"hpc_imager: {chunk.name} (channels {_channel_ranges([chunk])}) failed"
                                        f" on attempt {attempt}: {message}")
                 out_of_memory = ran_out_of_memory(type(error).__name__, str(error), run.log_texts(),
@@ -394,7 +497,11 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], estimate
                 else:
                     outcome.lost.append(chunk)
             else:
-                journal.done(chunk.index, dict(metrics, estimated_peak_bytes=estimated_peak_bytes))
+                if step is None:
+                    journal.done(chunk.index, dict(metrics, estimated_peak_bytes=estimated_peak_bytes
+                                                   or plan.basis.task_peak_bytes))
+                else:
+                    step.results[chunk.index] = metrics
                 progress.advance(bar, chunk.nchan)
             future.release()
             done = progress.tasks[0].completed - done_channels

@@ -20,6 +20,7 @@ import psutil
 
 from . import casa_setup
 from .channel_grid import Chunk
+from .preflight import casa_message
 
 # Products tclean makes for every cube (others, such as .mask or .image.pbcor, only when asked).
 REQUIRED_PRODUCTS = ("image", "residual", "model", "psf", "pb", "sumwt")
@@ -29,7 +30,17 @@ FAULT_ENV = "HPC_IMAGER_FAIL_CHUNKS"
 
 
 class ChunkFailed(RuntimeError):
-    """tclean ran but did not leave the products a chunk must have."""
+    """tclean failed on a chunk; the message is CASA's own first line (the driver names the chunk and its channels)."""
+
+
+def _first_severe(casa_log: Path) -> str:
+    """CASA's first SEVERE message in a chunk's log: tclean reports some failures only there."""
+    if not casa_log.is_file():
+        return ""
+    for line in casa_log.read_text(errors="replace").splitlines():
+        if "\tSEVERE\t" in line:
+            return line.rsplit("\t", 1)[-1].strip()
+    return ""
 
 
 def part_path(run_dir: Path, chunk: Chunk) -> Path:
@@ -114,7 +125,12 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
         with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
             if _injected_fault(chunk, attempt):
                 raise ChunkFailed(f"{chunk.name}: fault injected by {FAULT_ENV} (attempt {attempt})")
-            tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
+            try:
+                tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
+            except MemoryError:
+                raise  # the driver retries it with more memory
+            except Exception as error:  # CASA's exceptions carry its log prefix and several lines
+                raise ChunkFailed(f"tclean failed: {casa_message(error)}") from None
     finally:
         _release_casa()
     wall = time.time() - started
@@ -122,7 +138,9 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
 
     missing = [p for p in REQUIRED_PRODUCTS if not (scratch / f"part.{p}").is_dir()]
     if missing:
-        raise ChunkFailed(f"{chunk.name}: tclean left no {', '.join('.' + p for p in missing)} (see {casalog.logfile()})")
+        severe = _first_severe(Path(casalog.logfile()))
+        raise ChunkFailed(f"tclean left no {', '.join('.' + p for p in missing)}"
+                          + (f": {severe}" if severe else f" (see {casalog.logfile()})"))
     if chunk.guard:
         _trim_guard_channels(scratch, chunk.nchan)
     target = part_path(run_dir, chunk)

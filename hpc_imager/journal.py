@@ -32,6 +32,7 @@ class Journal:
         self.path = self.run_dir / "journal.jsonl"
         self.identity_path = self.run_dir / "run.json"
         self.records: dict[int, ChunkRecord] = {}
+        self.iteration_steps: list[dict] = []  # whole-cube iteration: each step every chunk finished
 
     @classmethod
     def create(cls, run_dir: Path, identity: dict) -> "Journal":
@@ -67,6 +68,9 @@ class Journal:
             self._apply(event)
 
     def _apply(self, event: dict) -> None:
+        if event["event"] == "iteration step":
+            self.iteration_steps.append(event["step"])
+            return
         record = self.records.setdefault(event["chunk"], ChunkRecord())
         if event["event"] == "submitted":
             record.attempts = max(record.attempts, event["attempt"])
@@ -92,6 +96,10 @@ class Journal:
 
     def failed(self, chunk: int, attempt: int, error: str) -> None:
         self._append({"chunk": chunk, "event": "failed", "attempt": attempt, "error": error})
+
+    def iteration_step(self, step: dict) -> None:
+        """A step of whole-cube iteration that every chunk finished, with what the controller merged."""
+        self._append({"event": "iteration step", "step": step})
 
 
 def _write_durably(path: Path, text: str) -> None:

@@ -18,12 +18,14 @@ import psutil
 from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import shell_safety
 from .errors import UserError
 
 SITE_DIRS_ENV = "HPC_IMAGER_SITE_DIRS"
 BUILTIN_SITES = Path(__file__).with_name("site_profiles")
 
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]*:\d{1,5}$")
 
 
 class SiteError(UserError):
@@ -90,12 +92,14 @@ class SiteProfile(BaseModel):
     max_jobs: Annotated[int, Field(ge=1, description="Most jobs one run may have queued or running at once.")] = 100
     worker_wait: Annotated[str, Field(description="How long to wait for the first worker (queue time) before giving up.")] = "04:00:00"
     job_directives: Annotated[list[str], Field(description="Extra scheduler directives, e.g. '--constraint=ib' (without '#SBATCH').")] = []
-    prologue: Annotated[list[str], Field(description="Shell lines run before each worker starts: module loads, environment.")] = []
+    prologue: Annotated[list[str], Field(description="Shell lines run before each worker (and the driver job) starts: module loads, environment. Each is shell as written, so each must be one line (no newline, carriage return or NUL).")] = []
     python: Annotated[Optional[str], Field(description="The python that workers run (default: the driver's).")] = None
     interface: Annotated[Optional[str], Field(description="Network interface the dask scheduler and workers talk on, e.g. 'ib0'.")] = None
     local_scratch: Annotated[Optional[str], Field(description="Node-local scratch directory for workers, e.g. '$TMPDIR' or '/lustre/scratch/$USER'.")] = None
     shared_directory: Annotated[Optional[str], Field(description="Run directories must be under this shared file system (workers write there).")] = None
     casa_data: Annotated[Optional[str], Field(description="CASA measures data on the nodes (default: the casadata package's).")] = None
+    tls: Annotated[bool, Field(description="Batch sites: the scheduler, workers and client talk TLS with a certificate made for each run (its key owner-only in the run directory, removed when the run ends). Turn it off only with the reason in a comment beside it.")] = True
+    dashboard_address: Annotated[str, Field(description="Where the dask dashboard listens, 'host:port' (port 0: any free port). Loopback by default: the driver prints the `ssh -L` line that reaches it from a laptop.")] = "127.0.0.1:0"
     sge_parallel_environment: Annotated[str, Field(description="SGE parallel environment that gives a job several slots on one node.")] = "smp"
     calibration: Annotated[list[Calibration], Field(description="Memory and time models fitted by `hpc_imager calibrate`.")] = []
 
@@ -103,6 +107,39 @@ class SiteProfile(BaseModel):
         classmethod(lambda cls, v: _bytes(v)))
     _check_walltime = field_validator("walltime_default", "walltime_max", "worker_wait")(
         classmethod(lambda cls, v: _walltime(v)))
+
+    # What reaches a job script or a command line (see shell_safety for where and why).
+    @field_validator("name", "queue", "account", "interface", "sge_parallel_environment")
+    @classmethod
+    def _one_word(cls, value):
+        return value if value in (None, "") else shell_safety.name(value)
+
+    @field_validator("python", "casa_data", "shared_directory")
+    @classmethod
+    def _plain_path(cls, value):
+        return value if value is None else shell_safety.path(value)
+
+    @field_validator("local_scratch")
+    @classmethod
+    def _path_with_variables(cls, value):
+        return value if value is None else shell_safety.path(value, variables=True)
+
+    @field_validator("job_directives")
+    @classmethod
+    def _directives(cls, value):
+        return [shell_safety.directive(line) for line in value]
+
+    @field_validator("prologue")
+    @classmethod
+    def _prologue(cls, value):
+        return [shell_safety.shell_line(line) for line in value]
+
+    @field_validator("dashboard_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if not _HOST_PORT.match(value):
+            raise ValueError(f"not an address like '127.0.0.1:0' or ':8787': {value!r}")
+        return value
 
     @field_validator("node_memory")
     @classmethod

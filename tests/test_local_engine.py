@@ -95,11 +95,11 @@ def test_optical_velocity_difference_is_reported_not_hidden(tmp_path, ngc5921_ms
                      1e-12, f"{product} spectral axis")
 
 
-def test_niter_above_zero_each_chunk_equals_serial_on_its_channels(tmp_path, ngc5921_ms, serial_reference):
-    """With niter>0 CASA couples channels through iteration control, so the contract is per chunk;
+def test_per_chunk_iteration_each_chunk_equals_serial_on_its_channels(tmp_path, ngc5921_ms, serial_reference):
+    """iteration = "per-chunk": each chunk is its own tclean (whole-cube iteration is tests/test_iteration.py);
     the difference from a whole-cube serial run is measured plane by plane in report.json."""
     tclean = {"start": 0, "width": 1, "nchan": 16, "niter": 200, "threshold": "1mJy"}
-    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 8, "workers": 2})
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 8, "workers": 2, "iteration": "per-chunk"})
 
     run_cli("submit", cube, "--compare-serial")
 

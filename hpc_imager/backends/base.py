@@ -16,6 +16,7 @@ import dask
 
 if TYPE_CHECKING:
     from distributed import Client
+    from distributed.security import Security
 
     from ..cube_spec import CubeSpec
     from ..plan import Plan
@@ -58,6 +59,11 @@ class Backend(ABC):
     @abstractmethod
     def _client(self, plan: "Plan", site: "SiteProfile", run_dir: Path) -> ContextManager["Client"]:
         ...
+
+    def certificates(self, site: "SiteProfile", run_dir: Path) -> ContextManager[tuple["Security | None", Path | None]]:
+        """The run's TLS credentials and the owner-only directory the workers read them from, removed
+        when the context ends; ``(None, None)`` where the site talks plain TCP (see run_security)."""
+        return contextlib.nullcontext((None, None))
 
     @abstractmethod
     def job_script(self, plan: "Plan", site: "SiteProfile", run_dir: Path | None = None) -> str:

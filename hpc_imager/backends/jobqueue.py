@@ -22,6 +22,7 @@ from typing import Iterator
 from tornado.ioloop import PeriodicCallback
 
 from .. import casa_setup
+from ..run_security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
 from ..site_profile import walltime_seconds
 from .base import WORKER_MEMORY_CONFIG, Backend
 
@@ -102,10 +103,24 @@ class JobqueueBackend(Backend):
         return {k: v for k, v in kwargs.items() if v is not None}
 
     def job_script(self, plan, site, run_dir: Path | None = None) -> str:
-        """The job script ``submit`` gives the batch system (the scheduler address is filled in then)."""
-        job = self.cluster_class().job_cls(scheduler="tcp://<scheduler-address>:<port>", name="hpc-imager-worker",
-                                           **self.jobqueue_kwargs(plan, site, run_dir))
+        """The job script ``submit`` gives the batch system (the scheduler address and the names of the
+        run's certificate files are filled in then)."""
+        tls = {}
+        if site.tls:
+            from distributed.security import Security
+
+            files = Path(run_dir or "<run-directory>") / TLS_DIRECTORY
+            tls = {"protocol": "tls://", "security": Security(
+                tls_ca_file=f"{files}/.dask-jobqueue.worker.ca_file.<random>",
+                tls_worker_cert=f"{files}/.dask-jobqueue.worker.cert.<random>",
+                tls_worker_key=f"{files}/.dask-jobqueue.worker.key.<random>")}
+        scheme = "tls" if site.tls else "tcp"
+        job = self.cluster_class().job_cls(scheduler=f"{scheme}://<scheduler-address>:<port>", name="hpc-imager-worker",
+                                           **self.jobqueue_kwargs(plan, site, run_dir), **tls)
         return job.job_script()
+
+    def certificates(self, site, run_dir: Path):
+        return run_certificates(run_dir) if site.tls else super().certificates(site, run_dir)
 
     @contextlib.contextmanager
     def _client(self, plan, site, run_dir: Path) -> Iterator:
@@ -121,21 +136,25 @@ class JobqueueBackend(Backend):
         # Importing dask_jobqueue makes SIGINT exit the process with status 0 (dask_jobqueue.runner sets
         # a handler at import); Ctrl-C must instead unwind through here so the jobs are cancelled.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        cluster = cluster_class(scheduler_options={"dashboard_address": ":0", "interface": site.interface},
-                                **self.jobqueue_kwargs(plan, site, run_dir))
-        watchdog = PeriodicCallback(LostJobs(cluster), LOST_JOB_CHECK_SECONDS * 1000)
-        try:
-            cluster.adapt(minimum_jobs=plan.jobs, maximum_jobs=plan.jobs)
-            cluster.loop.add_callback(watchdog.start)
-            with Client(cluster) as client:
-                yield client
-        finally:
-            cluster.loop.add_callback(watchdog.stop)
-            previous = signal.signal(signal.SIGINT, lambda *_: _cancel_now_and_exit(cluster))
+        with self.certificates(site, run_dir) as (security, tls_directory):
+            cluster = cluster_class(
+                scheduler_options={"dashboard_address": site.dashboard_address, "interface": site.interface},
+                security=security, shared_temp_directory=str(tls_directory) if tls_directory else None,
+                **self.jobqueue_kwargs(plan, site, run_dir))
+            watchdog = PeriodicCallback(LostJobs(cluster), LOST_JOB_CHECK_SECONDS * 1000)
             try:
-                cluster.close()  # cancels every job it submitted
+                cluster.adapt(minimum_jobs=plan.jobs, maximum_jobs=plan.jobs)
+                cluster.loop.add_callback(watchdog.start)
+                with Client(cluster) as client:
+                    yield client
             finally:
-                signal.signal(signal.SIGINT, previous)
+                cluster.loop.add_callback(watchdog.stop)
+                previous = signal.signal(signal.SIGINT, lambda *_: _cancel_now_and_exit(cluster))
+                try:
+                    cluster.close()  # cancels every job it submitted
+                finally:
+                    signal.signal(signal.SIGINT, previous)
+                    forget_worker_certificates(cluster)
 
     def job_counts(self, client) -> dict[str, int] | None:
         connected = _worker_names(client.scheduler_info())

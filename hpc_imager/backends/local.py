@@ -1,4 +1,5 @@
-"""This machine: a LocalCluster of single-threaded worker processes, dashboard on loopback."""
+"""This machine: a LocalCluster of single-threaded worker processes on loopback, the dashboard where
+the site says (loopback by default)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class LocalBackend(Backend):
             threads_per_worker=plan.threads_per_worker,
             processes=True,
             memory_limit=plan.worker_memory_limit_bytes,
-            dashboard_address="127.0.0.1:0",
+            dashboard_address=site.dashboard_address,
             host="127.0.0.1",
         ) as cluster, Client(cluster) as client:
             yield client

@@ -1,0 +1,306 @@
+"""The driver's single iteration controller for a whole cube, as serial tclean holds it.
+
+Serial tclean (task_tclean.py with imager_base.PySynthesisImager) keeps one ``iterbotsink`` for the
+cube and calls it in a fixed order: ``cleanComplete(lastcyclecheck=True)`` and ``endmajorcycle``
+around every major cycle; ``resetminorcycleinfo`` + ``mergeinitrecord`` + ``cleanComplete`` in every
+``hasConverged``; ``getminorcyclecontrols`` + ``resetminorcycleinfo`` before, ``mergeexecrecord``
+after every minor cycle. :class:`CubeIteration` makes the same calls in the same order. What the
+workers return per chunk is merged into the one record serial's deconvolver would have returned for
+the whole cube (its C++ ``mergeReturnRecord`` over blocks of channels: iterations summed, peaks and
+the largest per-plane iteration count maximised, the per-plane summary concatenated with channel
+numbers offset), and merged into the iterbot once, so order-dependent fields (``nsigmathreshold``
+is overwritten, not maximised, by ``mergeinitrecord``) come out as serial's.
+
+Every record fed to the iterbot is also kept (:attr:`CubeIteration.events`): the journal stores
+them, and :meth:`CubeIteration.replay` rebuilds the controller's exact state on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .channel_grid import Chunk
+from .errors import UserError
+
+# The stop codes' meanings, as imager_base.PySynthesisImager.getStopDescription gives them.
+STOP_REASONS = {
+    1: "iteration limit",
+    2: "threshold",
+    3: "force stop",
+    4: "no change in peak residual across two major cycles",
+    5: "peak residual increased by more than 3 times from the previous major cycle",
+    6: "peak residual increased by more than 3 times from the minimum reached",
+    7: "zero mask",
+    8: "any combination of n-sigma and other valid exit criterion",
+    9: "reached nmajor",
+}
+
+# Rows of a minor-cycle summary (SIMinorCycleController): 0 the plane's iterations, 5 its channel,
+# with fullsummary 7 iterations done when the cycle started, 8 when the plane started.
+_ITERS_END, _CHANNEL, _CYCLE_START, _PLANE_START = 0, 5, 7, 8
+
+
+def serial_block_size(nchan: int, imsize: list[int]) -> int:
+    """Channels per block of serial tclean's cube minor cycle (SynthesisDeconvolver::numblockchans
+    with one process): its per-plane iteration counts restart at each block."""
+    nx, ny = (imsize * 2)[:2] if len(imsize) == 1 else imsize[:2]
+    optimal = max(int(8e6 / nx / ny), 10)
+    return optimal if nchan > optimal else nchan
+
+
+def merge_init(records: list[dict]) -> dict:
+    """The whole cube's initminorcycle record from its chunks' (one serial deconvolver's view)."""
+    merged = dict(records[0])
+    for key in ("peakresidual", "maxpsfsidelobe", "peakresidualnomask", "madrms"):
+        merged[key] = max(r[key] for r in records)
+    # nsigma * the largest per-channel robust rms: the largest over chunks (monotonic in the rms).
+    merged["nsigmathreshold"] = max(r["nsigmathreshold"] for r in records)
+    # -1 means "mask unchanged"; only a zero total stops cleaning (cleanComplete's stop code 7), so
+    # report the cube's actual total whenever any chunk's mask changed.
+    if all(r["masksum"] == -1.0 for r in records):
+        merged["masksum"] = -1.0
+    else:
+        merged["masksum"] = float(sum(r["mask_total"] for r in records))
+    merged.pop("mask_total", None)
+    merged["summaryminor"] = np.zeros((len(records[0]["summaryminor"]), 0))  # empty before a minor cycle
+    return merged
+
+
+def merge_exec(records: list[dict], chunks: list[Chunk], block: int) -> dict:
+    """The whole cube's executeminorcycle record from its chunks', summary rows as serial's."""
+    merged = {
+        "iterdone": int(sum(r["iterdone"] for r in records)),
+        "maxcycleiterdone": int(max(r["maxcycleiterdone"] for r in records)),
+        "peakresidual": float(max(r["peakresidual"] for r in records)),
+        "updatedmodelflag": any(r.get("updatedmodelflag", False) for r in records),
+    }
+    columns = []
+    for record, chunk in zip(records, chunks):
+        summary = np.asarray(record["summaryminor"], dtype=float)
+        if summary.size:
+            summary = summary.copy()
+            summary[_CHANNEL] += chunk.first
+            columns.append(summary)
+    if not columns:
+        merged["summaryminor"] = np.zeros((len(records[0]["summaryminor"]), 0))
+        return merged
+    summary = np.concatenate(columns, axis=1)
+    summary = summary[:, np.argsort(summary[_CHANNEL], kind="stable")]
+    if summary.shape[0] > _PLANE_START:
+        # fullsummary: iterations done before each plane, which serial counts from zero at each of its
+        # blocks of channels (a chunk counts from zero at its own first plane).
+        blocks = (summary[_CHANNEL] // block).astype(int)
+        for this_block in np.unique(blocks):
+            planes = blocks == this_block
+            summary[_PLANE_START, planes] = np.cumsum(summary[_ITERS_END, planes]) - summary[_ITERS_END, planes]
+            summary[_CYCLE_START, planes] = 0.0
+    merged["summaryminor"] = summary
+    return merged
+
+
+class CubeIteration:
+    """One iterbotsink for the whole cube, fed the merged records of its chunks."""
+
+    def __init__(self, iterpars: dict, chunks: list[Chunk], block: int):
+        from casatools import iterbotsink
+
+        self.iterpars = copy.deepcopy(iterpars)
+        self.chunks = chunks
+        self.block = block
+        self.bot = iterbotsink()
+        self.bot.setupiteration(iterpars=self.iterpars)
+        self.major_done = 0  # imager_base's majorCnt: clean cycles' major cycles, for nmajor
+        self.stopcode = 0
+        self.peakresidual = 0.0
+        self.events: list[dict] = []
+
+    # --- the calls serial tclean makes, in its order -------------------------------------------
+
+    def first_major_cycle(self) -> bool:
+        """runMajorCycle(isCleanCycle=False) before the major cycle: its ``lastcycle`` flag."""
+        return self.bot.cleanComplete(lastcyclecheck=True) > 0
+
+    def started(self, results: list[dict]) -> bool:
+        """After the chunks' first major cycle, hasConverged / updateMask / hasConverged."""
+        self._record({"step": "started", "init": [[r["init"][0] for r in results], [r["init"][1] for r in results]]})
+        self.bot.endmajorcycle()
+        self._has_converged([r["init"][0] for r in results])
+        return self._has_converged([r["init"][1] for r in results])
+
+    def controls(self) -> dict:
+        """runMinorCycleCore: the cube's controls for every chunk's minor cycle."""
+        controls = self.bot.getminorcyclecontrols()
+        self.bot.resetminorcycleinfo()
+        return _plain(controls)
+
+    def cycled(self, results: list[dict]) -> bool:
+        """A minor cycle (and, if it cleaned anything, a major cycle) is done in every chunk."""
+        self._record({"step": "cycled", "exec": [r["exec"] for r in results], "init": [r["init"] for r in results]})
+        executed = merge_exec([r["exec"] for r in results], self.chunks, self.block)
+        self.bot.mergeexecrecord(executed, 0)
+        done_minor = executed["iterdone"] > 0
+        if done_minor:
+            self.bot.cleanComplete(lastcyclecheck=True)
+            self.major_done += 1
+            self.bot.endmajorcycle()
+        converged = self._has_converged([r["init"] for r in results])
+        return converged or not done_minor
+
+    def _has_converged(self, init_records: list[dict]) -> bool:
+        self.bot.resetminorcycleinfo()
+        merged = merge_init(init_records)
+        self.peakresidual = float(merged["peakresidual"])
+        self.bot.mergeinitrecord(merged)
+        nmajor = self.iterpars["nmajor"]
+        self.stopcode = self.bot.cleanComplete(reachedMajorLimit=nmajor >= 0 and self.major_done >= nmajor)
+        return self.stopcode > 0
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _record(self, event: dict) -> None:
+        self.events.append(event)
+
+    def replay(self, events: list[dict]) -> bool:
+        """Feed journalled steps again, in the live order (on --resume); return whether converged.
+        ``controls`` is called before each cycle as live, never after the last: it resets the
+        iterbot's peak residual, so the next live call would compute a wrong cycle threshold."""
+        converged = False
+        self.first_major_cycle()
+        for event in events:
+            if event["step"] == "started":
+                converged = self.started([{"init": pair} for pair in zip(*event["init"])])
+            else:
+                self.controls()
+                converged = self.cycled([{"exec": e, "init": i} for e, i in zip(event["exec"], event["init"])])
+        return converged
+
+    def progress(self) -> dict:
+        details = self.bot.getiterationdetails()
+        return {"iterdone": int(details["iterdone"]), "majorcycles": int(details["nmajordone"]),
+                "peakresidual": self.peakresidual, "stopcode": self.stopcode}
+
+    def summary(self) -> dict:
+        """What serial tclean returns when niter > 0 (imager_base getSummary)."""
+        from casatasks.private.imagerhelpers.summary_minor import SummaryMinor
+
+        summary = self.bot.getiterationsummary()
+        if "stopcode" in summary:
+            summary["stopDescription"] = STOP_REASONS.get(summary["stopcode"])
+        if "summaryminor" in summary:
+            summary["summaryminor"] = SummaryMinor.convertMatrix(summary["summaryminor"], self.iterpars["fullsummary"])
+        return summary
+
+    def close(self) -> None:
+        self.bot.done()
+
+
+def _plain(record: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
+            for k, v in dict(record).items()}
+
+
+# --- running the cycles ---------------------------------------------------------------------------
+
+
+class IterationRefused(UserError):
+    """Whole-cube iteration cannot reproduce serial tclean for this cube."""
+
+
+def cube_iteration_refusal(tclean: dict, chunks: list[Chunk]) -> None:
+    """Refuse, before imaging, what whole-cube iteration cannot make equal to serial tclean."""
+    if tclean["usemask"] == "auto-multithresh":
+        raise IterationRefused(
+            "usemask='auto-multithresh' keeps per-channel state between cycles inside serial tclean's"
+            " deconvolver that no chunk can be handed; use [parallel] iteration = 'per-chunk' (each chunk"
+            " automasked and cleaned on its own, not equal to serial) or channels_per_task >= nchan")
+    if any(c.guard for c in chunks):
+        raise IterationRefused(
+            "a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
+            " cleaning would join the cube's iteration control; choose a channels_per_task >= 2 that"
+            " leaves no chunk of one channel")
+
+
+def weighting_refusal(tclean: dict, chunks: list[Chunk]) -> None:
+    """Refuse weightings decided over the whole cube that a chunk cannot be handed (CASA 6.7)."""
+    if tclean["weighting"] == "briggsbwtaper" and len(chunks) > 1:
+        raise IterationRefused(
+            "weighting='briggsbwtaper' tapers by the whole cube's fractional bandwidth, which CASA 6.7's"
+            " synthesisimager cannot be given (each chunk would use its own; a one-channel chunk has none"
+            " and fails); use weighting='briggs', or channels_per_task >= nchan (one task)")
+
+
+def iteration_report(summary: dict) -> dict:
+    """The scalars of tclean's return value (iterations, major cycles, stop code and reason)."""
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in summary.items()
+            if isinstance(v, (int, float, str, bool, np.generic))}
+
+
+def iteration_parameters(tclean_params: dict) -> dict:
+    """The iteration parameters task_tclean hands its iterbotsink (with ImagerParameters' fixes)."""
+    from .cycle_tasks import imager_parameters
+
+    return imager_parameters(tclean_params, tclean_params["imagename"]).getIterPars()
+
+
+def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Path, journal, run_step: Callable,
+               on_cycle: Callable[[dict], None] = lambda progress: None) -> dict:
+    """Serial tclean's major/minor loop over the whole cube, each step run in every chunk at once.
+
+    ``run_step(function, arguments, **keywords)`` runs ``function(*args, attempt=..., **keywords)``
+    for each chunk's ``args`` (in the order of ``chunks``) and returns the results in that order, or
+    raises. Every finished step goes to the ``journal`` (:meth:`Journal.iteration_step`) with what
+    the controller merged, so a run killed at any point resumes after the last step every chunk
+    finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
+    restored images are left in ``parts/<chunk>`` for assembly.
+    """
+    from . import cycle_tasks
+
+    run_dir = Path(run_dir)
+    done = [step for step in journal.iteration_steps if step["kind"] != "restored"]
+    controller = CubeIteration(iteration_parameters(tclean_params), chunks,
+                               serial_block_size(nchan, list(np.atleast_1d(tclean_params["imsize"]))))
+    arguments = [(tclean_params, c, str(run_dir)) for c in chunks]
+    try:
+        if done:
+            converged = controller.replay([step["records"] for step in done])
+            cycle = done[-1]["cycle"]
+        else:
+            lastcycle = controller.first_major_cycle()
+            converged = controller.started(run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle))
+            cycle = 0
+            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged, "records": controller.events[-1]})
+        on_cycle(dict(controller.progress(), cycle=cycle))
+        while not converged:
+            controls = controller.controls()
+            cycle += 1
+            converged = controller.cycled(run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls))
+            journal.iteration_step({"kind": "cycle", "cycle": cycle, "converged": converged,
+                                    "records": controller.events[-1]})
+            for chunk in chunks:  # the step is journalled: the cycle before it is not needed to resume
+                shutil.rmtree(cycle_tasks.cycle_dir(run_dir, chunk, cycle - 1), ignore_errors=True)
+            on_cycle(dict(controller.progress(), cycle=cycle))
+        summary = controller.summary()
+    finally:
+        controller.close()
+    if not any(step["kind"] == "restored" for step in journal.iteration_steps):
+        revert_mask = "auto" in tclean_params["usemask"] and controller.stopcode > 0
+        folders = run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle, revert_mask=revert_mask)
+        (run_dir / "parts").mkdir(exist_ok=True)
+        for chunk, restored in zip(chunks, folders):
+            target = run_dir / "parts" / chunk.name
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(restored["folder"], target)
+        journal.iteration_step({"kind": "restored", "cycle": cycle})
+        shutil.rmtree(run_dir / "iteration", ignore_errors=True)
+    return summary
+
+
+def run_in_process(function: Callable, arguments: list[tuple], **keywords) -> list:
+    """``run_step`` without workers: each chunk in turn, in this process (tests, one-worker runs)."""
+    return [function(*args, attempt=1, **keywords) for args in arguments]
