@@ -1,6 +1,8 @@
 """Calibrate a site's memory and time model on its own workers with real tclean tasks.
 
-Each sample is a real imaging task (the cube's own keywords, at a given image size and number of
+Samples come from test tasks run for the purpose (:func:`measure`) or from the chunks of finished
+runs (:func:`samples_from_reports`: every report.json holds each chunk's measured peak). Each
+sample is a real imaging task (the cube's own keywords, at a given image size and number of
 channels) run on a worker started exactly as ``submit`` starts them; its peak RSS and wall time
 are measured by the task itself. A least-squares line through the samples gives the base and the
 bytes per pixel per channel (and seconds per megapixel-channel) for the cube's gridder and
@@ -9,6 +11,7 @@ deconvolver, which are then stored in the site's TOML as a ``[[calibration]]`` t
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ import tomlkit
 from .channel_grid import resolve_grid
 from .backends import backend_for
 from .cube_spec import CubeSpec
-from .estimate import GIB, estimate_task, image_pixels, stokes_planes
+from .errors import UserError
+from .estimate import GIB, MEMORY_TERMS, cube_facts, estimate_task, image_pixels, stokes_planes
 from .imaging_task import image_chunk
 from .plan import make_plan
 from .site_profile import Calibration, SiteProfile
@@ -46,7 +50,7 @@ def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], wor
     """Run one real task per (imsize, channels) on one worker of ``site``; smallest first."""
     sizes = sorted(sizes, key=lambda s: s[0] * s[0] * s[1])
     largest = _sample_spec(spec, *sizes[-1])
-    plan = make_plan(largest, site, estimate_task(largest, site), chunks=1)
+    plan = make_plan(largest, site, estimate_task(largest, site, cube_facts(largest)), chunks=1)
     grid = resolve_grid(spec.tclean)
     samples = []
     with backend_for(site).cluster(plan, site, work_dir) as client:
@@ -62,17 +66,30 @@ def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], wor
     return samples
 
 
+class NoSamples(UserError):
+    """Nothing to fit a calibration on."""
+
+
 def fit(samples: list[Sample], gridder: str, deconvolver: str) -> Calibration:
-    """Least-squares lines: peak memory (lifted to cover every sample) and wall time against pixels × channels."""
-    if len({s.pixel_channels for s in samples}) < 2:
-        raise ValueError("calibration needs samples of at least two different sizes")
+    """Least-squares lines: peak memory (lifted to cover every sample) and wall time against pixels × channels.
+
+    Samples of one size only (the chunks of one run) cannot give a slope: the default model's
+    per pixel-channel constant is kept and the base fitted, and wall time is taken as proportional.
+    """
+    if not samples:
+        raise NoSamples("no finished tasks to fit a calibration on")
     x = np.array([s.pixel_channels for s in samples], dtype=float)
     peaks = np.array([s.peak_gib * GIB for s in samples])
-    memory_slope, memory_base = np.polyfit(x, peaks, 1)
+    seconds = np.array([s.seconds for s in samples])
+    if len(set(x)) >= 2:
+        memory_slope, memory_base = np.polyfit(x, peaks, 1)
+        time_slope, time_base = np.polyfit(x / 1e6, seconds, 1)
+    else:
+        memory_slope, memory_base = MEMORY_TERMS["image_cube"], 0.0
+        time_slope, time_base = float(seconds.max() / (x[0] / 1e6)), 0.0
     # Lift the line onto the highest sample: a memory model may over-estimate a little, never under.
     memory_base += max(0.0, float((peaks - (memory_base + memory_slope * x)).max()))
-    time_slope, time_base = np.polyfit(x / 1e6, [s.seconds for s in samples], 1)
-    described = ", ".join(f"{s.imsize}²×{s.channels}" for s in samples)
+    described = ", ".join(sorted({f"{s.imsize}²×{s.channels}" for s in samples}))
     return Calibration(
         gridder=gridder,
         deconvolver=deconvolver,
@@ -84,11 +101,32 @@ def fit(samples: list[Sample], gridder: str, deconvolver: str) -> Calibration:
     )
 
 
+def samples_from_reports(paths: list[Path]) -> dict[tuple[str, str], list[Sample]]:
+    """Every finished chunk of the runs whose report.json (or run directory) is given, by
+    (gridder, deconvolver): a chunk's measured peak is a calibration sample like a test task's."""
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    for path in paths:
+        report_file = Path(path) / "report.json" if Path(path).is_dir() else Path(path)
+        try:
+            report = json.loads(report_file.read_text())
+            cube = report["cube"]
+            metrics = report["chunk_metrics"]
+        except (OSError, ValueError, KeyError) as error:
+            raise NoSamples(f"{report_file}: not a run report with chunk metrics ({error})") from None
+        pixels = image_pixels(cube["imsize"]) * stokes_planes(cube["stokes"])
+        side = int(image_pixels(cube["imsize"]) ** 0.5)
+        for m in metrics:
+            samples.setdefault((cube["gridder"], cube["deconvolver"]), []).append(
+                Sample(side, m["channels"], pixels * m["channels"], m["peak_rss_bytes"] / GIB, m["wall_seconds"]))
+    return samples
+
+
 def prediction_errors(spec: CubeSpec, site: SiteProfile, samples: list[Sample]) -> list[float]:
     """(predicted - measured) / measured peak memory for each sample under ``site``'s model."""
     errors = []
+    facts = cube_facts(spec)
     for s in samples:
-        predicted = estimate_task(_sample_spec(spec, s.imsize, s.channels), site).task_peak_gib
+        predicted = estimate_task(_sample_spec(spec, s.imsize, s.channels), site, facts).task_peak_gib
         errors.append((predicted - s.peak_gib) / s.peak_gib)
     return errors
 

@@ -56,7 +56,7 @@ def max_channels_in_memory(memory_per_worker_bytes: float, base_bytes: float, by
     return max(1, int((memory_per_worker_bytes - base_bytes) // bytes_per_channel))
 
 
-def with_channels_per_task(spec, site, nchan: int, fields: int = 1, previous: int | None = None):
+def with_channels_per_task(spec, site, nchan: int, facts=None, previous: int | None = None):
     """``spec`` with channels_per_task filled in when cube.toml left it out: ``previous`` (the value a
     run being resumed was started with, so its chunks stay the same), else the choice above from the
     site's calibrated task time (or this project's defaults), the plan's workers for one-channel
@@ -74,15 +74,17 @@ def with_channels_per_task(spec, site, nchan: int, fields: int = 1, previous: in
 
     if previous is not None:
         return choosing(previous)
-    one = estimate_task(choosing(1), site, fields)
+    one = estimate_task(choosing(1), site, facts)
+    two = estimate_task(choosing(2), site, facts)  # the memory model's cost of one more channel
+    per_channel_bytes = (two.task_peak_gib - one.task_peak_gib) * GIB
+    base_bytes = one.task_peak_gib * GIB - per_channel_bytes
     workers = make_plan(choosing(1), site, one, nchan).workers
     share = (site.node_memory_bytes - parse_bytes(site.job_memory_overhead)) / site.cores - parse_bytes(site.worker_base)
-    per_channel_bytes = one.bytes_per_pixel_channel * one.factor * one.pixels
     calibration = site.calibration_for(spec.tclean.gridder, spec.tclean.deconvolver)
     if calibration and calibration.seconds_per_megapixel_channel:
         fixed, per_megapixel = calibration.seconds_base, calibration.seconds_per_megapixel_channel
     else:
         fixed, per_megapixel = DEFAULT_FIXED_SECONDS, DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL
     chosen = choose_channels_per_task(nchan, workers, fixed, per_megapixel * one.pixels / 1e6,
-                                      max_channels_in_memory(share, one.base_gib * GIB, per_channel_bytes))
+                                      max_channels_in_memory(share, base_bytes, per_channel_bytes))
     return choosing(chosen)

@@ -49,8 +49,13 @@ def _click_type(annotation):
 def _parallel_overrides(function):
     """One --option per [parallel] field, taken from the schema so the two never drift."""
     for name, field in reversed(ParallelParams.model_fields.items()):
-        function = click.option(f"--{name.replace('_', '-')}", name, type=_click_type(field.annotation), default=None,
-                                help=f"{field.description} Overrides [parallel] {name}.")(function)
+        flag = f"--{name.replace('_', '-')}"
+        if name == "probe":  # "auto" | true | false: the command line says on or off
+            flag, kind = f"{flag}/--no-{name}", {"is_flag": True}
+        else:
+            kind = {"type": _click_type(field.annotation)}
+        function = click.option(flag, name, default=None, help=f"{field.description} Overrides [parallel] {name}.",
+                                **kind)(function)
     return function
 
 
@@ -112,14 +117,21 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
 @_user_errors
 @_cube_on_site
 def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
-    """Estimate the peak memory of ONE task (one chunk of channels_per_task channels)."""
+    """Estimate the peak memory of ONE task (one chunk of channels_per_task channels).
+
+    With --probe, image the cube's first chunk on one worker of the site and report its measured peak."""
     from .chunk_size import with_channels_per_task
-    from .estimate import estimate_task, mosaic_fields
+    from .estimate import cube_facts, estimate_task
     from .preflight import check_cube
 
     grid = check_cube(spec)  # an estimate for a cube tclean would reject is no use
-    spec = with_channels_per_task(spec, profile, grid.nchan, mosaic_fields(spec))
-    result = estimate_task(spec, profile, mosaic_fields(spec))
+    facts = cube_facts(spec)
+    spec = with_channels_per_task(spec, profile, grid.nchan, facts)
+    result = estimate_task(spec, profile, facts)
+    if spec.parallel.probe is True:
+        from .driver import probe_cube
+
+        result = probe_cube(spec, profile, result)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -136,14 +148,15 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
     from .chunk_size import with_channels_per_task
-    from .estimate import estimate_task, mosaic_fields
+    from .estimate import cube_facts, estimate_task
     from .plan import make_plan
     from .preflight import check_cube
 
     grid = check_cube(spec)
-    spec = with_channels_per_task(spec, profile, grid.nchan, mosaic_fields(spec))
+    facts = cube_facts(spec)
+    spec = with_channels_per_task(spec, profile, grid.nchan, facts)
     chunks = grid.chunks(spec.parallel.channels_per_task)
-    the_plan = make_plan(spec, profile, estimate_task(spec, profile, mosaic_fields(spec)), len(chunks))
+    the_plan = make_plan(spec, profile, estimate_task(spec, profile, facts), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
     if as_json:
         click.echo(json.dumps(the_plan.as_dict() | {"job_script": script}, indent=2))
@@ -154,28 +167,48 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
 
 
 @main.command()
-@cube_argument
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @site_option
+@click.option("--from-reports", is_flag=True,
+              help="SOURCES are finished runs (run directories or report.json files): fit on their chunks' "
+                   "measured peaks instead of running test tasks.")
 @click.option("--sizes", default=None, metavar="256x4,512x4,...",
               help="Sample tasks as image side x channels (default: three around the cube's size).")
 @click.option("--write/--no-write", default=True, show_default=True,
               help="Store the fit in the site's TOML as a [[calibration]] table.")
 @json_option
 @_user_errors
-def calibrate(cube_toml: Path, site: str, sizes: str | None, write: bool, as_json: bool) -> None:
-    """Measure real tclean tasks on the site's workers and fit its memory and time model."""
+def calibrate(sources: tuple[Path, ...], site: str, from_reports: bool, sizes: str | None, write: bool,
+              as_json: bool) -> None:
+    """Fit the site's memory and time model: on real tclean tasks run on its workers for CUBE_TOML
+    (SOURCES = one cube.toml), or on the chunks of finished runs (--from-reports RUN_DIR...)."""
     import shutil
 
     from . import casa_setup
-    from .calibrate import default_sizes, fit, measure, prediction_errors, store
+    from .calibrate import default_sizes, fit, measure, prediction_errors, samples_from_reports, store
     from .site_profile import BUILTIN_SITES, SiteError, load_site, site_path
 
-    spec = load_cube_spec(cube_toml)
     profile = load_site(site)
     site_file = Path(site) if site.endswith(".toml") else site_path(site)
     if write and (site_file is None or site_file.resolve().parent == BUILTIN_SITES.resolve()):
         raise SiteError(f"'{site}' is a built-in site: copy its TOML into a directory of HPC_IMAGER_SITE_DIRS "
                         "(or pass --site path/to/site.toml) to store a calibration, or use --no-write")
+    if from_reports:
+        fits = [fit(samples, *pair) for pair, samples in samples_from_reports(list(sources)).items()]
+        for fitted in fits if write else []:
+            store(fitted, site_file)
+        if as_json:
+            click.echo(json.dumps({"calibrations": [f.model_dump() for f in fits],
+                                   "stored_in": str(site_file) if write else None}, indent=2))
+            return
+        for fitted in fits:
+            click.echo(f"{fitted.gridder}/{fitted.deconvolver} ({fitted.fitted_on}): {fitted.base_gib:.3f} GiB + "
+                       f"{fitted.bytes_per_pixel_channel:.1f} B per pixel per channel"
+                       + (f"; stored in {site_file}" if write else ""))
+        return
+    if len(sources) != 1:
+        raise CubeSpecError("calibrate takes one cube.toml (or run directories with --from-reports)")
+    spec = load_cube_spec(sources[0])
     try:
         samples_wanted = ([tuple(int(v) for v in item.split("x")) for item in sizes.split(",")] if sizes
                           else default_sizes(spec))

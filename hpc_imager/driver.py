@@ -29,7 +29,7 @@ from .concat import CubeAssembly, final_products, wants_common_beam
 from .cube_spec import CubeSpec
 from .decisions import Next, after_failure, ran_out_of_memory
 from .errors import RunFailed
-from .estimate import estimate_task, mosaic_fields
+from .estimate import GIB, TaskEstimate, cube_facts, estimate_task, memory_surprise, probe_wanted, probed_estimate
 from .imaging_task import image_chunk, part_path
 from .iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
 from .journal import Journal, RunDirectoryError
@@ -113,12 +113,14 @@ def image_cube(
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
 
     grid = check_cube(spec)  # before any worker starts: every mistake tclean would make is one line now
-    spec = with_channels_per_task(spec, site, grid.nchan, mosaic_fields(spec), previous=_started_with(run_dir, resume))
+    facts = cube_facts(spec)
+    spec = with_channels_per_task(spec, site, grid.nchan, facts, previous=_started_with(run_dir, resume))
     chunks = grid.chunks(spec.parallel.channels_per_task)
     weighting_refusal(spec.tclean.model_dump(), chunks)
     if spec.iteration == "cube":
         cube_iteration_refusal(spec.tclean.model_dump(), chunks)
-    plan = make_plan(spec, site, estimate_task(spec, site, mosaic_fields(spec)), len(chunks))
+    estimate = estimate_task(spec, site, facts)
+    plan = make_plan(spec, site, estimate, len(chunks))
     identity = {
         "fingerprint": spec.fingerprint(),
         "imagename": imagename,
@@ -156,13 +158,29 @@ def image_cube(
         f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
     )
     started = time.time()
+    # A probe images a chunk whole; a cube cleaned as one (iteration "cube") images every chunk in
+    # step with the others, so it is planned from the model (or the site's calibration).
+    probe = (_probe(run, estimate, todo)
+             if probe_wanted(spec, site) and len(todo) > 1 and not cube_iteration else None)
+    if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
+        todo = [c for c in todo if c != probe.chunk]
+    if probe and probe.estimate:
+        plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
     if cube_iteration:
         passes, iteration = _clean_cube(run, plan)
         for chunk in chunks if not passes.lost else []:  # every part is made by the last step, restore
             assembly.arrived(chunk)
     else:
         passes, iteration = _image_chunks(run, plan, todo), None
+    if probe and probe.passes:
+        passes.lost += probe.passes.lost
+        passes.failures = probe.passes.failures + passes.failures
     lost = passes.lost
+    chunk_metrics = [record.done for record in (journal.record(c.index) for c in chunks) if record.done]
+    surprises = _memory_surprises(chunk_metrics)
+    if surprises:
+        console.print(f"hpc_imager: warning: {len(surprises)} chunk(s) far from their memory estimate; "
+                      f"{surprises[0]} (all in report.json)")
     report = {
         "status": "incomplete" if lost else "complete",
         "imagename": imagename,
@@ -174,8 +192,13 @@ def image_cube(
         "workers": plan.workers,
         "plan": plan.as_dict(),
         "memory_retries": [p.as_dict() for p in passes.plans[1:]],
+        "estimate": estimate.as_dict(),
+        "probe": probe.as_dict() if probe else None,
+        "cube": {k: spec.tclean.model_dump()[k] for k in ("gridder", "deconvolver", "imsize", "stokes", "wprojplanes",
+                                                          "facets", "weighting", "usemask", "niter", "scales")},
         "imaging_seconds": time.time() - started,
-        "chunk_metrics": [record.done for record in (journal.record(c.index) for c in chunks) if record.done],
+        "chunk_metrics": chunk_metrics,
+        "memory_warnings": surprises,
         "failures": passes.failures,
         "iteration": spec.iteration,
     }
@@ -234,6 +257,90 @@ def _wait_for_first_worker(run: RunContext, client) -> None:
             time.sleep(1)
 
 
+# The probe's one worker asks this many times the model's figure, so that a model that is short
+# (it cannot know every cube) does not get the measurement itself killed.
+PROBE_ALLOWANCE = 2.0
+
+
+@dataclass
+class Probe:
+    """One chunk imaged alone first (or measured by an earlier run of this cube) to size the rest."""
+
+    chunk: Chunk | None
+    estimate: TaskEstimate | None  # from the measured peak; None when the probe did not finish
+    passes: "Passes | None" = None  # the probe's own passes (None: measured before)
+
+    def as_dict(self) -> dict:
+        return {"chunk": self.chunk.index if self.chunk else None,
+                "measured_by_this_run": self.passes is not None,
+                "plans": [p.as_dict() for p in self.passes.plans] if self.passes else [],
+                "estimate": self.estimate.as_dict() if self.estimate else None}
+
+
+def _probe(run: RunContext, estimate: TaskEstimate, todo: list[Chunk]) -> Probe | None:
+    """Measure one whole chunk on one worker (the run's first job on a batch site) and estimate
+    the others from it; a resumed run uses the chunks it already measured instead."""
+    whole = run.spec.parallel.channels_per_task
+    measured = [r.done for r in (run.journal.record(c.index) for c in run.chunks)
+                if r.done and r.done.get("channels") == whole]
+    if measured:
+        return Probe(None, probed_estimate(run.spec, max(measured, key=lambda m: m["peak_rss_bytes"])))
+    first = next((c for c in todo if c.nchan == whole), None)
+    if first is None:
+        return None
+    plan = make_plan(run.spec, run.site, estimate, chunks=1)
+    try:
+        plan = plan.with_more_memory(factor=PROBE_ALLOWANCE)
+    except PlanRefused:
+        pass  # a node cannot hold twice the model's figure: probe with the model's own
+    run.console.print(f"hpc_imager: probe: imaging {first.name} alone to measure what one task needs")
+    # the chunk is recorded with the model's estimate (not the allowance), to show how far off it was
+    passes = _image_chunks(run, plan, [first], estimated_peak_bytes=int(estimate.task_peak_gib * GIB))
+    done = run.journal.record(first.index).done
+    probed = probed_estimate(run.spec, done) if done else None
+    if probed:
+        run.console.print(f"hpc_imager: probe: one task took {done['peak_rss_bytes'] / GIB:.2f} GiB "
+                          f"(the {estimate.model} model said {estimate.task_peak_gib:.2f} GiB)")
+    return Probe(first, probed, passes)
+
+
+def probe_cube(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate,
+               console: Console | None = None) -> TaskEstimate:
+    """``estimate --probe``: image the cube's first whole chunk on one worker of ``site`` in a scratch
+    run directory beside the run's (removed afterwards) and return the estimate measured from it."""
+    console = console or Console(stderr=True, soft_wrap=True)
+    run_dir = spec.run_directory.resolve().with_name(spec.run_directory.name + ".probe")
+    shutil.rmtree(run_dir, ignore_errors=True)  # our own, from an interrupted probe
+    grid = check_cube(spec)
+    chunks = grid.chunks(spec.parallel.channels_per_task)
+    journal = Journal.create(run_dir, {"fingerprint": spec.fingerprint(), "probe": True})
+    assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis, placed=set())
+    run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
+    try:
+        probe = _probe(run, estimate, chunks)
+        assembly.wait_placed(journal.placed)  # its copy of the part, before the folder goes
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if not probe or not probe.estimate:
+        raise ProbeFailed(f"the probe chunk did not finish on {site.name}: see the messages above")
+    return probe.estimate
+
+
+class ProbeFailed(RunFailed):
+    """``estimate --probe`` could not measure a chunk."""
+
+
+def _memory_surprises(chunk_metrics: list[dict]) -> list[str]:
+    """One line per chunk whose measured peak was far from the estimate it was planned with."""
+    lines = []
+    for m in chunk_metrics:
+        if m.get("estimated_peak_bytes"):
+            line = memory_surprise(m["estimated_peak_bytes"] / GIB, m["peak_rss_bytes"] / GIB)
+            if line:
+                lines.append(f"chunk {m['chunk']} {line}")
+    return lines
+
+
 @dataclass
 class Passes:
     """What the passes over the chunks came to: the first plan's, then each with more memory."""
@@ -244,7 +351,7 @@ class Passes:
     memory_note: str = ""
 
 
-def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk]) -> Passes:
+def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk], estimated_peak_bytes: int | None = None) -> Passes:
     """Image ``todo`` in a cluster made from ``plan``; chunks killed for memory go round again in a
     cluster whose workers have twice the memory, until they fit or a node cannot hold one worker."""
     passes = Passes(plans=[plan])
@@ -254,7 +361,7 @@ def _image_chunks(run: RunContext, plan: Plan, todo: list[Chunk]) -> Passes:
             client.register_plugin(PrepareWorker(str(run.run_dir)))
             run.console.print(f"hpc_imager: {dashboard_hint(client.dashboard_link, run.site.dashboard_address)}")
             _wait_for_first_worker(run, client)
-            outcome = _run_chunks(run, client, plan, todo)
+            outcome = _run_chunks(run, client, plan, todo, estimated_peak_bytes=estimated_peak_bytes)
         passes.lost += outcome.lost
         passes.failures += outcome.failures
         todo = outcome.out_of_memory
@@ -353,9 +460,11 @@ class Outcome:
     failures: list[dict] = field(default_factory=list)
 
 
-def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: Step | None = None) -> Outcome:
+def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: Step | None = None,
+                estimated_peak_bytes: int | None = None) -> Outcome:
     """Keep at most max_in_flight chunks submitted; retry failures; say which chunks were given up on.
-    Without ``step`` each chunk is imaged whole (``image_chunk``); with one, ``step.function`` runs and
+    Without ``step`` each chunk is imaged whole (``image_chunk``) and recorded with the peak it was
+    planned for (``estimated_peak_bytes``, default the plan's); with one, ``step.function`` runs and
     its results go to ``step.results``."""
     from distributed import as_completed
 
@@ -420,7 +529,8 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: St
                     outcome.lost.append(chunk)
             else:
                 if step is None:
-                    journal.done(chunk.index, metrics)
+                    journal.done(chunk.index, dict(metrics, estimated_peak_bytes=estimated_peak_bytes
+                                                   or plan.basis.task_peak_bytes))
                     run.assembly.arrived(chunk)
                 else:
                     step.results[chunk.index] = metrics

@@ -156,6 +156,7 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
     os.rename(scratch, target)
     return {
         "chunk": chunk.index,
+        "channels": chunk.nchan,
         "attempt": attempt,
         "worker": _worker_name(),
         "host": socket.gethostname(),

@@ -19,14 +19,15 @@ from dataclasses import dataclass, fields, replace
 from dask.utils import format_bytes, parse_bytes
 
 from .backends import backend_for
+from .backends.base import TERMINATE_FRACTION
 from .cube_spec import CubeSpec
 from .errors import UserError
 from .estimate import GIB, TaskEstimate
 from .site_profile import SiteProfile, format_walltime, walltime_seconds
 
-# Worker memory limits are whole multiples of this, so that dask-jobqueue's rendering of
-# ``--memory-limit`` (memory / processes, printed to two decimals) is exactly the planned number.
-LIMIT_STEP = 256 * 2**20
+# A need that was measured (a probe) rather than modelled needs no headroom for model error, only
+# room for distributed's terminate threshold: the nanny restarts a worker at 95 % of its limit.
+MEASURED_HEADROOM = 1 / TERMINATE_FRACTION
 WALLTIME_SAFETY = 1.5  # estimated task time × this, for slow nodes and busy file systems
 WORKER_STARTUP_SECONDS = 300
 
@@ -76,8 +77,7 @@ class Plan:
 
     def with_more_memory(self, factor: float = 2.0, chunks: int | None = None) -> "Plan":
         """The same plan with ``factor`` × each worker's need (for ``chunks`` chunks), or PlanRefused."""
-        worker_base = parse_bytes(self.basis.site.worker_base)
-        task_peak = int(factor * self.worker_need_bytes) - worker_base
+        task_peak = int(factor * self.worker_need_bytes) - _worker_base_in_need(self.basis)
         return _size(replace(self.basis, task_peak_bytes=task_peak, chunks=chunks or self.chunks))
 
     def per_core(self, n: int) -> int:
@@ -92,8 +92,25 @@ class Plan:
                 f"{format_bytes(self.job_memory_bytes)}; walltime {self.walltime}")
 
 
-def _round_up(n: float, step: int) -> int:
-    return int(math.ceil(n / step) * step)
+def renderable_limit(n: float) -> int:
+    """The smallest memory limit ≥ ``n`` that dask-jobqueue renders exactly: it prints a worker's
+    ``--memory-limit`` with dask's format_bytes (two decimals), so the limit is a hundredth of a GiB
+    that survives that round trip (a coarser step, 256 MiB, cost small workers up to 25 %)."""
+    hundredths = math.ceil(n / GIB * 100)
+    while True:
+        limit = parse_bytes(f"{hundredths / 100:.2f} GiB")
+        if limit >= n and parse_bytes(format_bytes(limit)) == limit:
+            return limit
+        hundredths += 1
+
+
+def _measured(basis: PlanBasis) -> bool:
+    return basis.estimate_model == "probe"
+
+
+def _worker_base_in_need(basis: PlanBasis) -> int:
+    """A modelled task's need adds the worker's own memory; a probe measured the worker itself."""
+    return 0 if _measured(basis) else parse_bytes(basis.site.worker_base)
 
 
 def make_plan(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate, chunks: int) -> Plan:
@@ -111,15 +128,17 @@ def _size(basis: PlanBasis) -> Plan:
     site = basis.site
     node_memory = site.node_memory_bytes
     job_overhead = parse_bytes(site.job_memory_overhead)
-    need = basis.task_peak_bytes + parse_bytes(site.worker_base)
+    need = basis.task_peak_bytes + _worker_base_in_need(basis)
+    # A nanny per worker beside it: inside a modelled need (worker_base), outside a measured one.
+    nanny = parse_bytes(site.worker_base) if _measured(basis) else 0
     usable = node_memory - job_overhead
 
     if site.memory_policy == "dedicated":
         limit = 0
-        fits = usable // need
+        fits = usable // (need + nanny)
     else:
-        limit = _round_up(need * site.memory_headroom, LIMIT_STEP)
-        fits = usable // limit
+        limit = renderable_limit(need * (MEASURED_HEADROOM if _measured(basis) else site.memory_headroom))
+        fits = usable // (limit + nanny)
     if fits < 1:
         per_worker = limit or need
         raise PlanRefused(
@@ -133,7 +152,7 @@ def _size(basis: PlanBasis) -> Plan:
     wanted = max(1, min(basis.workers_wanted or per_node * most_jobs, per_node * most_jobs, basis.chunks))
     jobs = math.ceil(wanted / per_node)
     processes = math.ceil(wanted / jobs)
-    job_memory = node_memory if site.memory_policy == "dedicated" else processes * limit + job_overhead
+    job_memory = node_memory if site.memory_policy == "dedicated" else processes * (limit + nanny) + job_overhead
 
     return Plan(
         site=site.name,

@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from dask.utils import parse_bytes
 
 from conftest import run_cli, write_cube_toml
 from hpc_imager.backends import backend_for
 from hpc_imager.cube_spec import parse_cube_spec
-from hpc_imager.estimate import TaskEstimate, estimate_task
-from hpc_imager.plan import LIMIT_STEP, PlanRefused, make_plan
+from hpc_imager.estimate import MEMORY_TERMS, MsFacts, TaskEstimate, estimate_task
+from hpc_imager.plan import PlanRefused, make_plan, renderable_limit
 from hpc_imager.site_profile import SiteProfile, parse_site
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -33,18 +34,17 @@ def spec(workers=None, channels_per_task=4, **tclean):
 
 
 def task(gib: float, seconds: float | None = None) -> TaskEstimate:
-    return TaskEstimate(gib, seconds, 2048 * 2048, 4, "default", 0.36, 44.0, 1.0)
+    return TaskEstimate(gib, seconds, 2048 * 2048, 4, "default", {})
 
 
 def test_shared_memory_arithmetic():
     plan = make_plan(spec(workers=40), site("slurm", "shared"), task(3.0), chunks=100)
     need = 3 * GIB + GIB // 4  # task + worker base
     assert plan.worker_need_bytes == need
-    assert plan.worker_memory_limit_bytes == 4.25 * GIB  # need × 1.25 = 4.06 GiB, up to a multiple of 256 MiB
-    assert plan.worker_memory_limit_bytes % LIMIT_STEP == 0
-    assert plan.processes_per_job == 14  # 16 cores, but only 14 limits of 4.25 GiB fit in 64 GiB - 0.5 GiB
+    assert plan.worker_memory_limit_bytes == parse_bytes("4.07 GiB")  # need × 1.25 = 4.0625 GiB, up to 0.01 GiB
+    assert plan.processes_per_job == 14  # 15 limits of 4.07 GiB fit in 64 GiB - 0.5 GiB; 40 workers in 3 jobs
     assert plan.jobs == 3 and plan.workers == 42
-    assert plan.job_memory_bytes == 14 * 4.25 * GIB + GIB // 2
+    assert plan.job_memory_bytes == 14 * plan.worker_memory_limit_bytes + GIB // 2
     assert plan.threads_per_worker == 1 and plan.cores_per_job == 14
 
 
@@ -63,7 +63,7 @@ def test_walltime_from_calibration_never_above_the_maximum():
 
 
 @pytest.mark.parametrize("estimate, message", [
-    (task(70.0), "one task needs 88.00 GiB per worker (70.00 GiB for 4 channels of 4194304 pixels, plus worker base and headroom) but a test-slurm node offers 63.50 GiB: use fewer channels_per_task, a smaller image, or another site"),
+    (task(70.0), "one task needs 87.82 GiB per worker (70.00 GiB for 4 channels of 4194304 pixels, plus worker base and headroom) but a test-slurm node offers 63.50 GiB: use fewer channels_per_task, a smaller image, or another site"),
     (task(1.0, seconds=200_000), "one task is estimated at 55.6 h"),
 ])
 def test_a_plan_that_cannot_fit_is_refused_with_numbers_and_what_to_change(estimate, message):
@@ -80,9 +80,13 @@ def test_run_directory_must_be_on_the_shared_file_system():
 def test_default_model_and_calibration():
     default = estimate_task(spec(channels_per_task=4), site("slurm", "shared"))
     assert default.model == "default"
-    assert default.task_peak_gib == pytest.approx(0.36 + 44 * 2048 * 2048 * 4 / GIB)
-    mosaic = estimate_task(spec(gridder="mosaic"), site("slurm", "shared"), fields=9)
-    assert mosaic.task_peak_gib > default.task_peak_gib
+    assert default.task_peak_gib == pytest.approx(sum(default.terms_gib.values()))
+    assert default.terms_gib["image_cube"] == pytest.approx(MEMORY_TERMS["image_cube"] * 2048 * 2048 * 4 / GIB)
+    mosaic = estimate_task(spec(gridder="mosaic"), site("slurm", "shared"))
+    assert mosaic.task_peak_gib > default.task_peak_gib + 2  # the mosaic gridder's screens
+    planes = estimate_task(spec(gridder="wproject", wprojplanes=-1, cell=["15arcsec"]), site("slurm", "shared"),
+                           MsFacts(max_w_wavelengths=2800))
+    assert planes.terms_gib["wproject_cf"] <= 64 / 4 + 1e-9  # capped at a quarter of the node's 64 GiB
     calibrated = site("slurm", "shared", calibration=[
         {"gridder": "standard", "deconvolver": "hogbom", "base_gib": 0.5, "bytes_per_pixel_channel": 50,
          "seconds_base": 2, "seconds_per_megapixel_channel": 0.25}])
@@ -138,8 +142,8 @@ def test_golden_comparison_tolerates_only_added_directives():
 def test_golden_scripts_carry_the_plan():
     """What the goldens must say, so a wrong golden cannot pass unnoticed."""
     slurm = (GOLDEN / "slurm-shared.sh").read_text()
-    assert "#SBATCH --mem=52736M" in slurm  # 12 workers × 4.25 GiB + 0.5 GiB
-    assert "--memory-limit 4.25GiB --nworkers 12" in slurm and "#SBATCH -t 06:00:00" in slurm
+    assert "#SBATCH --mem=50525M" in slurm  # 12 workers × 4.07 GiB + 0.5 GiB, in whole MiB up
+    assert "--memory-limit 4.07GiB --nworkers 12" in slurm and "#SBATCH -t 06:00:00" in slurm
     assert "#SBATCH --comment=golden" in slurm and "module load casa-deps" in slurm
     # TLS by default: the worker talks tls:// with the run's certificate files from the run directory
     assert "dask_worker tls://<scheduler-address>:<port>" in slurm and "--protocol tls://" in slurm
@@ -149,11 +153,11 @@ def test_golden_scripts_carry_the_plan():
     assert "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in slurm
     assert "#SBATCH --exclusive" in (GOLDEN / "slurm-dedicated.sh").read_text()
     assert "--memory-limit 0.0B" in (GOLDEN / "slurm-dedicated.sh").read_text()  # distributed: no limit
-    assert "#PBS -l select=1:ncpus=12:mem=52736mb" in (GOLDEN / "pbs-shared.sh").read_text()
+    assert "#PBS -l select=1:ncpus=12:mem=50525mb" in (GOLDEN / "pbs-shared.sh").read_text()
     assert "#PBS -l place=excl" in (GOLDEN / "pbs-dedicated.sh").read_text()
     sge = (GOLDEN / "sge-shared.sh").read_text()
-    # h_vmem per slot: (4.25 GiB limit + 2 GiB address-space overhead) / 12 slots; mem_free: job / 12
-    assert "#$ -l h_vmem=534M,mem_free=4395M" in sge and "#$ -pe smp 12" in sge and "#$ -P astro" in sge
+    # h_vmem per slot: (4.07 GiB limit + 2 GiB address-space overhead) / 12 slots; mem_free: job / 12
+    assert "#$ -l h_vmem=518M,mem_free=4211M" in sge and "#$ -pe smp 12" in sge and "#$ -P astro" in sge
 
 
 def test_shipped_site_profiles_are_valid():
@@ -199,7 +203,7 @@ def test_plan_and_estimate_cli_on_ngc5921(tmp_path, ngc5921_ms):
     assert set(planned) >= {"task_peak_gib", "worker_memory_limit_bytes", "job_memory_bytes", "processes_per_job",
                             "threads_per_worker", "jobs", "workers", "walltime", "job_script"}
     assert planned["workers"] == 4 * planned["jobs"] or planned["workers"] == 16
-    assert f"--mem={planned['job_memory_bytes'] // 2**20}M" in planned["job_script"]
+    assert f"--mem={-(-planned['job_memory_bytes'] // 2**20)}M" in planned["job_script"]  # whole MiB, up
     estimated = json.loads(run_cli("estimate", cube, "--json").stdout)
     assert estimated["task_peak_gib"] == pytest.approx(planned["task_peak_gib"])
     refused = run_cli("plan", "--site", site_file, cube, "--channels-per-task", "63", "--json", check=False)
@@ -229,7 +233,7 @@ def test_the_same_plan_with_more_memory():
     plan = make_plan(spec(workers=40), site("slurm", "shared"), task(3.0), chunks=100)
     more = plan.with_more_memory(chunks=5)
     assert more.worker_need_bytes == 2 * plan.worker_need_bytes
-    assert more.worker_memory_limit_bytes == 8.25 * GIB  # 6.5 GiB × 1.25 = 8.125, up to a multiple of 256 MiB
+    assert more.worker_memory_limit_bytes == parse_bytes("8.13 GiB")  # 6.5 GiB × 1.25 = 8.125, up to 0.01 GiB
     assert more.chunks == 5 and more.workers == 5  # no more workers than chunks
     assert more.job_memory_bytes == more.processes_per_job * more.worker_memory_limit_bytes + GIB // 2
     with pytest.raises(PlanRefused, match="node offers"):
@@ -242,3 +246,25 @@ def test_backends_take_their_memory_figures_from_the_plan():
     assert kwargs["memory"] == f"{plan.workers_memory_bytes}B" == f"{12 * plan.worker_memory_limit_bytes}B"
     h_vmem = -(-plan.worker_address_space_bytes // 12) // 2**20 + 1
     assert kwargs["resource_spec"].startswith(f"h_vmem={h_vmem}M,")
+
+
+def test_a_measured_need_gets_room_for_the_terminate_threshold_only():
+    """A probe measured the worker process itself: no worker base inside the limit, no model headroom;
+    the nanny's memory goes into the job beside the limits."""
+    probed = TaskEstimate(2.0, 30.0, 2048 * 2048, 4, "probe", {})
+    plan = make_plan(spec(workers=12), site("slurm", "shared"), probed, chunks=100)
+    assert plan.worker_need_bytes == 2 * GIB
+    assert plan.worker_memory_limit_bytes == renderable_limit(2 * GIB / 0.95) == parse_bytes("2.11 GiB")
+    assert plan.worker_memory_limit_bytes <= 1.2 * 2 * GIB / 1.05  # within 20 % of the peak the probe measured
+    assert plan.job_memory_bytes == 12 * (plan.worker_memory_limit_bytes + GIB // 4) + GIB // 2
+    more = plan.with_more_memory()
+    assert more.worker_need_bytes == 4 * GIB and more.estimate_model == "probe"
+
+
+def test_limits_render_exactly_in_dask_jobqueue():
+    from dask.utils import format_bytes
+
+    for need in (0.3 * GIB, 0.999 * GIB, 1.0 * GIB, 4.0625 * GIB, 37.1234 * GIB):
+        limit = renderable_limit(need)
+        assert need <= limit < need + 0.011 * GIB
+        assert parse_bytes(format_bytes(limit)) == limit

@@ -3,7 +3,7 @@
 #$ -N hpc-imager
 #$ -q work
 #$ -P astro
-#$ -l h_vmem=534M,mem_free=4395M
+#$ -l h_vmem=518M,mem_free=4211M
 #$ -l h_rt=06:00:00
 #$ -e /shared/run/logs/jobs/
 #$ -o /shared/run/logs/jobs/
@@ -16,4 +16,4 @@ export DASK_DISTRIBUTED__WORKER__MEMORY__SPILL=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=0.95
 export MALLOC_ARENA_MAX=2
-/opt/venv/bin/python -m distributed.cli.dask_worker tls://<scheduler-address>:<port> --name hpc-imager-worker --nthreads 1 --memory-limit 4.25GiB --nworkers 12 --nanny --death-timeout 60 --lifetime 21000s --lifetime-stagger 300s --protocol tls:// --tls-ca-file /shared/run/tls/.dask-jobqueue.worker.ca_file.<random> --tls-cert /shared/run/tls/.dask-jobqueue.worker.cert.<random> --tls-key /shared/run/tls/.dask-jobqueue.worker.key.<random>
+/opt/venv/bin/python -m distributed.cli.dask_worker tls://<scheduler-address>:<port> --name hpc-imager-worker --nthreads 1 --memory-limit 4.07GiB --nworkers 12 --nanny --death-timeout 60 --lifetime 21000s --lifetime-stagger 300s --protocol tls:// --tls-ca-file /shared/run/tls/.dask-jobqueue.worker.ca_file.<random> --tls-cert /shared/run/tls/.dask-jobqueue.worker.cert.<random> --tls-key /shared/run/tls/.dask-jobqueue.worker.key.<random>

@@ -7,7 +7,7 @@
 #SBATCH -A astro
 #SBATCH -n 1
 #SBATCH --cpus-per-task=12
-#SBATCH --mem=52736M
+#SBATCH --mem=50525M
 #SBATCH -t 06:00:00
 #SBATCH --comment=golden
 module load casa-deps
@@ -15,4 +15,4 @@ export DASK_DISTRIBUTED__WORKER__MEMORY__TARGET=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__SPILL=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False
 export DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE=0.95
-/opt/venv/bin/python -m distributed.cli.dask_worker tls://<scheduler-address>:<port> --name hpc-imager-worker --nthreads 1 --memory-limit 4.25GiB --nworkers 12 --nanny --death-timeout 60 --lifetime 21000s --lifetime-stagger 300s --protocol tls:// --tls-ca-file /shared/run/tls/.dask-jobqueue.worker.ca_file.<random> --tls-cert /shared/run/tls/.dask-jobqueue.worker.cert.<random> --tls-key /shared/run/tls/.dask-jobqueue.worker.key.<random>
+/opt/venv/bin/python -m distributed.cli.dask_worker tls://<scheduler-address>:<port> --name hpc-imager-worker --nthreads 1 --memory-limit 4.07GiB --nworkers 12 --nanny --death-timeout 60 --lifetime 21000s --lifetime-stagger 300s --protocol tls:// --tls-ca-file /shared/run/tls/.dask-jobqueue.worker.ca_file.<random> --tls-cert /shared/run/tls/.dask-jobqueue.worker.cert.<random> --tls-key /shared/run/tls/.dask-jobqueue.worker.key.<random>
