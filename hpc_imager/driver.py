@@ -520,7 +520,7 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: St
                 out_of_memory = ran_out_of_memory(type(error).__name__, str(error), run.log_texts(),
                                                   run.backend.memory_signs)
                 decision = after_failure(out_of_memory=out_of_memory, tries=tries[chunk.index],
-                                     retries=run.spec.parallel.retries)
+                                         retries=run.spec.parallel.retries)
                 if decision is Next.MORE_MEMORY:
                     outcome.out_of_memory.append(chunk)
                 elif decision is Next.RETRY:

@@ -10,7 +10,10 @@ loaded), and hand that grid on so the driver does not ask CASA again.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -67,6 +70,7 @@ def _casa_stderr_to_its_log() -> Iterator[None]:
 
 def _check(spec: CubeSpec) -> ChannelGrid:
     tclean = spec.tclean
+    _check_values(tclean.model_dump())
     vis = _as_list(tclean.vis)
     for path in vis:
         _check_vis(path)
@@ -83,6 +87,34 @@ def _check(spec: CubeSpec) -> ChannelGrid:
         _check_start_within_data(tclean, grid, vis[0], data_axis)
         _check_channels_within_data(tclean, grid, channel_frequencies(data_axis, data_nchan))
     return grid
+
+
+@functools.cache
+def tclean_value_rules() -> dict[str, dict]:
+    """tclean's own allowed values and ranges per keyword (``weighting``, ``gridder``, ``robust`` ...),
+    read from the schema its task wrapper validates with (casatasks/tclean.py), so they are the
+    installed tclean's and never a copy that drifts. The schema is a literal inside ``__call__``."""
+    source = Path(importlib.util.find_spec("casatasks.tclean").origin).read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "schema":
+            rules = {}
+            for key, value in zip(node.value.keys, node.value.values):
+                entry = {k.value: v for k, v in zip(value.keys, value.values) if isinstance(k, ast.Constant)}
+                rule = {name: ast.literal_eval(entry[name]) for name in ("allowed", "min", "max") if name in entry}
+                if rule:
+                    rules[key.value] = rule
+            return rules
+    raise RuntimeError("casatasks/tclean.py has no schema: hpc_imager cannot check tclean's values")
+
+
+def _check_values(params: dict) -> None:
+    """A value tclean's own schema refuses (tclean itself would stop before imaging)."""
+    for name, rule in tclean_value_rules().items():
+        value = params.get(name)
+        if "allowed" in rule and value not in rule["allowed"]:
+            raise CubeSpecError(f"{name}: {value!r} is not one of tclean's values: {', '.join(sorted(rule['allowed']))}")
+        if "min" in rule and value < rule["min"] or "max" in rule and value > rule["max"]:
+            raise CubeSpecError(f"{name}: {value!r} is outside tclean's range {rule.get('min')} to {rule.get('max')}")
 
 
 def _as_list(value) -> list:
