@@ -175,7 +175,7 @@ def image_cube(
     if probe and probe.passes:
         passes.lost += probe.passes.lost
         passes.failures = probe.passes.failures + passes.failures
-    lost = passes.lost
+    lost = sorted(passes.lost, key=lambda chunk: chunk.index)  # tasks finish in any order; say them in order
     chunk_metrics = [record.done for record in (journal.record(c.index) for c in chunks) if record.done]
     surprises = _memory_surprises(chunk_metrics)
     if surprises:

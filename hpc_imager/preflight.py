@@ -11,16 +11,14 @@ loaded), and hand that grid on so the driver does not ask CASA again.
 from __future__ import annotations
 
 import ast
-import contextlib
 import functools
 import importlib.util
 import os
-import sys
 from pathlib import Path
-from typing import Iterator
 
 from .channel_grid import ChannelGrid, channel_frequencies, resolve_grid, spectral_axis
 from .cube_spec import CubeSpec, CubeSpecError, TcleanParams
+from .logs import casa_messages_to
 
 # tclean's selection keywords → (ms.msseltoindex's argument, ms.msselect's key). msseltoindex parses
 # an expression and says what is wrong with it; msselect says whether it selects any rows.
@@ -46,26 +44,12 @@ def casa_message(error: BaseException) -> str:
 
 def check_cube(spec: CubeSpec) -> ChannelGrid:
     """Raise :class:`CubeSpecError` for the first thing tclean would reject; return the cube's channel grid."""
-    with _casa_stderr_to_its_log():
-        return _check(spec)
-
-
-@contextlib.contextmanager
-def _casa_stderr_to_its_log() -> Iterator[None]:
-    """CASA writes SEVERE messages to file descriptor 2 whatever ``casalog.showconsole`` says (measured:
-    four lines for ``qa.quantity('15arcsex')``); the user gets our one line, CASA's go to its log."""
     from casatasks import casalog
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(casalog.logfile(), "a") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+    # CASA writes SEVERE lines to stderr whatever casalog.showconsole says (measured: four for
+    # qa.quantity('15arcsex')): the user gets our one line, CASA's go to its log.
+    with casa_messages_to(Path(casalog.logfile())):
+        return _check(spec)
 
 
 def _check(spec: CubeSpec) -> ChannelGrid:

@@ -4,7 +4,6 @@ an error inside CASA during a task names the chunk, its channels and CASA's own 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
