@@ -101,6 +101,7 @@ class CubeAssembly:
         self._done: queue.Queue[int] = queue.Queue()  # placed, not yet recorded in the journal
         self._handed: set[int] = set()
         self._thread: threading.Thread | None = None
+        self._closing = False
         self._error: ConcatError | None = None
         self.placed_before = set(placed)
         self.placed = set(placed) if placed and self._staged_products_open() else set()
@@ -173,12 +174,26 @@ class CubeAssembly:
         if self._error is not None:
             raise self._error
 
+    def close(self) -> None:
+        """Stop the placing thread once the part it is copying is in (Ctrl-C, an error, the end of the
+        run): casatools must not be inside a copy while the interpreter shuts down (measured: Ctrl-C
+        ended the driver with SIGABRT instead of exit status 130). Parts not yet placed are placed by
+        ``--resume``; the journal records only what this process recorded."""
+        if self._thread is not None:
+            self._closing = True
+            self._todo.put(None)
+            self._thread.join()
+            self._thread = None
+
     def _placing(self) -> None:
         """The placing thread: the only user of casatools while the driver's loop runs."""
         while True:
             index = self._todo.get()
+            if index is None:
+                self._todo.task_done()
+                return
             try:
-                if self._error is None:
+                if self._error is None and not self._closing:
                     started, io_before = time.time(), psutil.Process().io_counters().write_bytes
                     self._place(self.chunks[index], create=(index == 0))
                     _fsync_tree(self.staging)  # the journal will say "placed": the pixels must be on disk first

@@ -147,90 +147,93 @@ def image_cube(
     todo = chunks if cube_iteration else [c for c in chunks if not (journal.record(c.index).done and part_path(run_dir, c).is_dir())]
     assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis,
                             placed={c.index for c in chunks if journal.record(c.index).placed})
-    for chunk in set(chunks) - set(todo):
-        assembly.arrived(chunk)
-    assembly.wait_placed(journal.placed)
-    run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
-    for caveat in grid.caveats():
-        console.print(f"hpc_imager: warning: {caveat}")
-    console.print(
-        f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
-        f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
-    )
-    started = time.time()
-    # A probe images a chunk whole; a cube cleaned as one (iteration "cube") images every chunk in
-    # step with the others, so it is planned from the model (or the site's calibration).
-    probe = (_probe(run, estimate, todo)
-             if probe_wanted(spec, site) and len(todo) > 1 and not cube_iteration else None)
-    if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
-        todo = [c for c in todo if c != probe.chunk]
-    if probe and probe.estimate:
-        plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
-    if cube_iteration:
-        passes, iteration = _clean_cube(run, plan)
-        for chunk in chunks if not passes.lost else []:  # every part is made by the last step, restore
+    try:  # the placing thread stops before the interpreter does, whatever ends the run
+        for chunk in set(chunks) - set(todo):
             assembly.arrived(chunk)
-    else:
-        passes, iteration = _image_chunks(run, plan, todo), None
-    if probe and probe.passes:
-        passes.lost += probe.passes.lost
-        passes.failures = probe.passes.failures + passes.failures
-    lost = sorted(passes.lost, key=lambda chunk: chunk.index)  # tasks finish in any order; say them in order
-    chunk_metrics = [record.done for record in (journal.record(c.index) for c in chunks) if record.done]
-    surprises = _memory_surprises(chunk_metrics)
-    if surprises:
-        console.print(f"hpc_imager: warning: {len(surprises)} chunk(s) far from their memory estimate; "
-                      f"{surprises[0]} (all in report.json)")
-    report = {
-        "status": "incomplete" if lost else "complete",
-        "imagename": imagename,
-        "nchan": grid.nchan,
-        "grid": {"kind": grid.kind, "start": grid.start, "width": grid.width, "unit": grid.unit, "frame": grid.frame},
-        "caveats": grid.caveats(),
-        "chunks": len(chunks),
-        "channels_per_task": spec.parallel.channels_per_task,
-        "workers": plan.workers,
-        "plan": plan.as_dict(),
-        "memory_retries": [p.as_dict() for p in passes.plans[1:]],
-        "estimate": estimate.as_dict(),
-        "probe": probe.as_dict() if probe else None,
-        "cube": {k: spec.tclean.model_dump()[k] for k in ("gridder", "deconvolver", "imsize", "stokes", "wprojplanes",
-                                                          "facets", "weighting", "usemask", "niter", "scales")},
-        "imaging_seconds": time.time() - started,
-        "chunk_metrics": chunk_metrics,
-        "memory_warnings": surprises,
-        "failures": passes.failures,
-        "iteration": spec.iteration,
-    }
-    if iteration is not None:
-        report["iteration_summary"] = iteration
-    if lost:
-        assembly.wait_placed(journal.placed)  # what arrived is placed and recorded before the run ends
-        report["missing_channels"] = [ch for c in lost for ch in c.channels]
+        assembly.wait_placed(journal.placed)
+        run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
+        for caveat in grid.caveats():
+            console.print(f"hpc_imager: warning: {caveat}")
+        console.print(
+            f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
+            f" ({len(chunks) - len(todo)} already done); run directory {run_dir}"
+        )
+        started = time.time()
+        # A probe images a chunk whole; a cube cleaned as one (iteration "cube") images every chunk in
+        # step with the others, so it is planned from the model (or the site's calibration).
+        probe = (_probe(run, estimate, todo)
+                 if probe_wanted(spec, site) and len(todo) > 1 and not cube_iteration else None)
+        if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
+            todo = [c for c in todo if c != probe.chunk]
+        if probe and probe.estimate:
+            plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
+        if cube_iteration:
+            passes, iteration = _clean_cube(run, plan)
+            for chunk in chunks if not passes.lost else []:  # every part is made by the last step, restore
+                assembly.arrived(chunk)
+        else:
+            passes, iteration = _image_chunks(run, plan, todo), None
+        if probe and probe.passes:
+            passes.lost += probe.passes.lost
+            passes.failures = probe.passes.failures + passes.failures
+        lost = sorted(passes.lost, key=lambda chunk: chunk.index)  # tasks finish in any order; say them in order
+        chunk_metrics = [record.done for record in (journal.record(c.index) for c in chunks) if record.done]
+        surprises = _memory_surprises(chunk_metrics)
+        if surprises:
+            console.print(f"hpc_imager: warning: {len(surprises)} chunk(s) far from their memory estimate; "
+                          f"{surprises[0]} (all in report.json)")
+        report = {
+            "status": "incomplete" if lost else "complete",
+            "imagename": imagename,
+            "nchan": grid.nchan,
+            "grid": {"kind": grid.kind, "start": grid.start, "width": grid.width, "unit": grid.unit, "frame": grid.frame},
+            "caveats": grid.caveats(),
+            "chunks": len(chunks),
+            "channels_per_task": spec.parallel.channels_per_task,
+            "workers": plan.workers,
+            "plan": plan.as_dict(),
+            "memory_retries": [p.as_dict() for p in passes.plans[1:]],
+            "estimate": estimate.as_dict(),
+            "probe": probe.as_dict() if probe else None,
+            "cube": {k: spec.tclean.model_dump()[k] for k in ("gridder", "deconvolver", "imsize", "stokes", "wprojplanes",
+                                                              "facets", "weighting", "usemask", "niter", "scales")},
+            "imaging_seconds": time.time() - started,
+            "chunk_metrics": chunk_metrics,
+            "memory_warnings": surprises,
+            "failures": passes.failures,
+            "iteration": spec.iteration,
+        }
+        if iteration is not None:
+            report["iteration_summary"] = iteration
+        if lost:
+            assembly.wait_placed(journal.placed)  # what arrived is placed and recorded before the run ends
+            report["missing_channels"] = [ch for c in lost for ch in c.channels]
+            _write_report(run_dir, report)
+            _draw_report(run_dir, console)
+            last_error = next((f["error"] for f in reversed(passes.failures) if f["chunk"] == lost[0].index), "")
+            raise RunIncomplete(
+                f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
+                f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
+                + passes.memory_note
+                + (f"; {lost[0].name} (channels {_channel_ranges(lost[:1])}) last failed with {last_error}" if last_error else "")
+            )
+        report["concat"] = assembly.finish(journal.placed)
+        report["wall_seconds"] = time.time() - started
+        if compare_serial:
+            from .serial_check import compare_with_serial
+
+            report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
+            worst = {p: f"{v['max']:.2g}" for p, v in report["serial_comparison"].items()}
+            console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
         _write_report(run_dir, report)
         _draw_report(run_dir, console)
-        last_error = next((f["error"] for f in reversed(passes.failures) if f["chunk"] == lost[0].index), "")
-        raise RunIncomplete(
-            f"channels {_channel_ranges(lost)} failed every try ({len(lost)} chunks); finished chunks are kept"
-            f" in {run_dir / 'parts'}: fix the cause and run again with --resume"
-            + passes.memory_note
-            + (f"; {lost[0].name} (channels {_channel_ranges(lost[:1])}) last failed with {last_error}" if last_error else "")
-        )
-    report["concat"] = assembly.finish(journal.placed)
-    report["wall_seconds"] = time.time() - started
-    if compare_serial:
-        from .serial_check import compare_with_serial
-
-        report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
-        worst = {p: f"{v['max']:.2g}" for p, v in report["serial_comparison"].items()}
-        console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
-    _write_report(run_dir, report)
-    _draw_report(run_dir, console)
-    if not spec.run.keep_parts:
-        shutil.rmtree(run_dir / "parts")
-    shutil.rmtree(run_dir / "scratch", ignore_errors=True)
-    console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}")
-    return report
+        if not spec.run.keep_parts:
+            shutil.rmtree(run_dir / "parts")
+        shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+        console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}")
+        return report
+    finally:
+        assembly.close()
 
 
 def _started_with(run_dir: Path, resume: bool) -> int | None:
