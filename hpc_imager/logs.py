@@ -17,7 +17,9 @@ from typing import IO, Iterator
 def send_dask_logs_to(stream: IO[str]) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("distributed", "dask", "dask_jobqueue"):
+    # asyncio and tornado log a closed connection's "Task exception was never retrieved" with its
+    # traceback at shutdown after Ctrl-C or SIGTERM (seen in the Slurm SIGTERM test): the run's log.
+    for name in ("distributed", "dask", "dask_jobqueue", "asyncio", "tornado"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
