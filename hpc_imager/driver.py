@@ -129,6 +129,7 @@ def image_cube(
         "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name},  # for `status` while it runs
     }
     journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
+    journal.driver_started()
     if resume and (run_dir / "report.json").exists():
         previous = json.loads((run_dir / "report.json").read_text())
         if previous.get("status") == "complete":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,8 @@ class Journal:
         if event["event"] == "iteration step":
             self.iteration_steps.append(event["step"])
             return
+        if event["event"] == "driver":
+            return
         record = self.records.setdefault(event["chunk"], ChunkRecord())
         if event["event"] == "submitted":
             record.attempts = max(record.attempts, event["attempt"])
@@ -107,6 +110,11 @@ class Journal:
 
     def failed(self, chunk: int, attempt: int, error: str) -> None:
         self._append({"chunk": chunk, "event": "failed", "attempt": attempt, "error": error})
+
+    def driver_started(self) -> None:
+        """Which process drives the run now, so ``status`` can tell a run between passes (probe,
+        more memory, a new cluster: nothing in flight) from one whose driver was killed."""
+        self._append({"event": "driver", "pid": os.getpid(), "host": socket.gethostname()})
 
     def iteration_step(self, step: dict) -> None:
         """A step of whole-cube iteration that every chunk finished, with what the controller merged."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ class RunStatus:
     total_chunks: int
     first_event: float | None
     last_event: float | None
+    driver: dict | None = None  # the last driver's pid and host (journal "driver" event)
 
     def count(self, state: str) -> int:
         return sum(1 for c in self.chunks.values() if c.state == state) + (
@@ -74,7 +77,22 @@ class RunStatus:
         renamed), or stopped (nothing in flight: the driver was killed; --resume goes on)."""
         if self.count("running"):
             return "running"
-        return "assembling" if self.count("done") == self.total_chunks else "stopped"
+        if self.count("done") == self.total_chunks:
+            return "assembling"
+        return "running" if self._driver_alive() else "stopped"
+
+    def _driver_alive(self) -> bool:
+        """Between passes (after the probe, before more memory) nothing is in flight, but the driver
+        lives; it can be asked only on its own host (elsewhere the run counts as stopped)."""
+        if not self.driver or self.driver.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(self.driver["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # someone else's process of that number: alive, but maybe not ours
+        return True
 
     def planned(self, what: str) -> int | None:
         """The plan's ``workers`` or ``jobs`` (report.json's when the run has ended, else run.json's)."""
@@ -129,7 +147,12 @@ def read_status(run_dir: Path) -> RunStatus:
     report = json.loads(report_path.read_text()) if report_path.exists() else None
     events = journal_events(run_dir / "journal.jsonl")
     chunks: dict[int, ChunkState] = {}
+    driver = None
     for event in events:
+        if event["event"] == "driver":
+            driver = event
+        if "chunk" not in event:  # the driver's own events, whole-cube iteration steps
+            continue
         chunk = chunks.setdefault(event["chunk"], ChunkState(event["chunk"]))
         if event["event"] == "submitted":
             chunk.attempts = max(chunk.attempts, event["attempt"])
@@ -148,7 +171,8 @@ def read_status(run_dir: Path) -> RunStatus:
     else:
         total = math.ceil(identity["nchan"] / identity["channels_per_task"])
     times = [e["time"] for e in events if "time" in e]
-    return RunStatus(run_dir, identity, report, chunks, total, min(times, default=None), max(times, default=None))
+    return RunStatus(run_dir, identity, report, chunks, total, min(times, default=None), max(times, default=None),
+                     driver)
 
 
 def _duration(seconds: float | None) -> str:

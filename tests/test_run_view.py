@@ -33,9 +33,12 @@ def test_status_while_running_and_after_and_report_png_shows_every_chunk(tmp_pat
             assert time.time() < deadline, "no chunk finished"
             assert driver.poll() is None, "the run ended before status could see it running"
             if (run_dir / "journal.jsonl").exists() and '"done"' in (run_dir / "journal.jsonl").read_text():
-                break
+                running = _status(run_dir)
+                # after the probe's chunk the next pass starts its workers: running, nothing in flight yet
+                assert running["status"] == "running"
+                if running["running"]:
+                    break
             time.sleep(0.2)
-        running = _status(run_dir)
         assert driver.wait(timeout=300) == 0
     finally:
         if driver.poll() is None:

@@ -57,7 +57,8 @@ def test_slurm_run_over_tls_refuses_clients_without_the_runs_certificate(slurm, 
     from distributed.security import Security
 
     tclean = {"nchan": 8}
-    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 1, "workers": 1})
+    # no probe: the scheduler met after the first chunk is the run's own, not the probe's (closed by then)
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 1, "workers": 1, "probe": False})
     run_dir = tmp_path / "cube.hpcrun"
     driver = start_driver(slurm, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -94,7 +95,8 @@ def test_slurm_run_over_tls_refuses_clients_without_the_runs_certificate(slurm, 
 
 
 def test_slurm_certificates_are_removed_on_ctrl_c(slurm, tmp_path, ngc5921_ms):
-    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": -1}, {"channels_per_task": 1, "workers": 1})
+    # no probe: Ctrl-C lands while the run's own cluster (and its certificates) is up
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": -1}, {"channels_per_task": 1, "workers": 1, "probe": False})
     run_dir = tmp_path / "cube.hpcrun"
     driver = start_driver(slurm, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
