@@ -17,9 +17,11 @@ from typing import IO, Iterator
 def send_dask_logs_to(stream: IO[str]) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    # asyncio and tornado log a closed connection's "Task exception was never retrieved" with its
-    # traceback at shutdown after Ctrl-C or SIGTERM (seen in the Slurm SIGTERM test): the run's log.
-    for name in ("distributed", "dask", "dask_jobqueue", "asyncio", "tornado"):
+    # distributed gives each logger of its logging config a stderr handler of its own and stops it
+    # propagating (distributed/config.py), so each is redirected by name. tornado.application logs a
+    # connection closed under Ctrl-C or SIGTERM with its traceback (seen in the Slurm SIGTERM test).
+    for name in ("distributed", "distributed.client", "distributed.gc", "dask", "dask_jobqueue", "bokeh",
+                 "tornado", "tornado.application", "asyncio"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
