@@ -163,7 +163,7 @@ def image_cube(
         # A probe images a chunk whole; a cube cleaned as one (iteration "cube") images every chunk in
         # step with the others, so it is planned from the model (or the site's calibration).
         probe = (_probe(run, estimate, todo)
-                 if probe_wanted(spec, site) and len(todo) > 1 and not cube_iteration else None)
+                 if probe_wanted(spec, site, plan) and len(todo) > 1 and not cube_iteration else None)
         if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
             todo = [c for c in todo if c != probe.chunk]
         if probe and probe.estimate:

@@ -249,11 +249,12 @@ OVER_ESTIMATE_WARNING = 1.20
 UNDER_ESTIMATE_WARNING = 0.5
 
 
-def probe_wanted(spec: CubeSpec, site: SiteProfile) -> bool:
+def probe_wanted(spec: CubeSpec, site: SiteProfile, plan) -> bool:
     """``[parallel] probe``: "auto" probes where the site has no calibration for the cube's gridder
-    and deconvolver (the default model cannot know everything a cube may do: see the module docstring)."""
+    and deconvolver (the default model cannot know everything a cube may do: see the module
+    docstring) and the measured need could change ``plan`` (``Plan.sized_by_need``)."""
     if spec.parallel.probe == "auto":
-        return site.calibration_for(spec.tclean.gridder, spec.tclean.deconvolver) is None
+        return site.calibration_for(spec.tclean.gridder, spec.tclean.deconvolver) is None and plan.sized_by_need()
     return spec.parallel.probe
 
 

@@ -30,6 +30,9 @@ from .site_profile import SiteProfile, format_walltime, walltime_seconds
 MEASURED_HEADROOM = 1 / TERMINATE_FRACTION
 WALLTIME_SAFETY = 1.5  # estimated task time × this, for slow nodes and busy file systems
 WORKER_STARTUP_SECONDS = 300
+# How far the default model has been measured to fall short on cubes it was not fitted to
+# (issue 8: a 4096² mosaic took 8.56 GiB where the first model said 1.73 GiB, ×4.9).
+MODEL_SHORTFALL = 5.0
 
 
 class PlanRefused(UserError):
@@ -79,6 +82,18 @@ class Plan:
         """The same plan with ``factor`` × each worker's need (for ``chunks`` chunks), or PlanRefused."""
         task_peak = int(factor * self.worker_need_bytes) - _worker_base_in_need(self.basis)
         return _size(replace(self.basis, task_peak_bytes=task_peak, chunks=chunks or self.chunks))
+
+    def sized_by_need(self) -> bool:
+        """Whether a measured need could change this plan: a shared site's limits always follow the
+        need; a dedicated site's (limit off, whole nodes) only when a need ``MODEL_SHORTFALL`` × the
+        model's would fit fewer workers on a node. Where it cannot, a probe is a chunk imaged alone
+        for nothing (measured: 1/8 of NGC5921 serially before the two workers start)."""
+        if self.worker_memory_limit_bytes or _measured(self.basis):
+            return True
+        try:
+            return self.with_more_memory(MODEL_SHORTFALL).processes_per_job < self.processes_per_job
+        except PlanRefused:
+            return True
 
     def per_core(self, n: int) -> int:
         """``n`` bytes shared out over the job's cores, rounded up (SGE asks for memory per slot)."""

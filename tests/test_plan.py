@@ -55,6 +55,15 @@ def test_dedicated_turns_dask_memory_management_off_and_asks_for_the_node():
     assert (plan.processes_per_job, plan.jobs) == (8, 1)
 
 
+def test_a_probe_is_worth_it_only_where_the_need_changes_the_plan():
+    """Shared: the limits follow the need. Dedicated: only when a need 5 × the model's would fit
+    fewer workers on a node (16 cores, 63.5 GiB usable: 16 workers of up to ~0.8 GiB of task)."""
+    assert make_plan(spec(workers=8), site("slurm", "shared"), task(0.1), chunks=100).sized_by_need()
+    assert not make_plan(spec(workers=16), site("pbs", "dedicated"), task(0.5), chunks=100).sized_by_need()
+    assert make_plan(spec(workers=16), site("pbs", "dedicated"), task(1.0), chunks=100).sized_by_need()
+    assert make_plan(spec(workers=2), site("pbs", "dedicated"), task(20.0), chunks=100).sized_by_need()  # 5 × no longer fits
+
+
 def test_walltime_from_calibration_never_above_the_maximum():
     assert make_plan(spec(workers=10), site("slurm", "shared"), task(1.0), 100).walltime == "06:00:00"
     plan = make_plan(spec(workers=10), site("slurm", "shared"), task(1.0, seconds=600), 100)
