@@ -43,7 +43,7 @@ def _env() -> dict:
 
 def _timed_python(code: str, log: Path) -> float:
     """Run ``code`` in a fresh interpreter (CASA configured offline first); its wall time."""
-    prelude = "from hpc_imager import casa_setup; casa_setup.configure_offline()\n"
+    prelude = "from hpc_imager.imaging import casa_setup; casa_setup.configure_offline()\n"
     started = time.time()
     with open(log, "w") as out:
         result = subprocess.run([PYTHON, "-c", prelude + textwrap.dedent(code)], stdout=out, stderr=subprocess.STDOUT,
@@ -66,8 +66,8 @@ def by_frequency(params: dict) -> dict:
     first channels again (measured: NGC5921 in chunks of 8, planes 8-62 were copies of planes 0-7's
     neighbours, up to 4 × the plane peak from serial). With frequencies it splits the grid by
     arithmetic, and its cube equals serial's. Every tool gets the same keywords."""
-    from hpc_imager.channel_grid import resolve_grid
-    from hpc_imager.cube_spec import TcleanParams
+    from hpc_imager.imaging.channel_grid import resolve_grid
+    from hpc_imager.inputs.cube_spec import TcleanParams
 
     frequencies = resolve_grid(TcleanParams(**dict(params, imagename="grid"))).frequencies
     return dict(params, start=f"{frequencies[0]!r}Hz", width=f"{frequencies[1] - frequencies[0]!r}Hz",
@@ -85,7 +85,7 @@ def serial_tclean(params: dict, work: Path, name: str) -> float:
 def two_halves_at_once(params: dict, nchan: int, work: Path, name: str) -> float:
     """Two serial tclean processes, channels [0, nchan/2) and [nchan/2, nchan), started together."""
     half = nchan // 2
-    prelude = "from hpc_imager import casa_setup; casa_setup.configure_offline()\n"
+    prelude = "from hpc_imager.imaging import casa_setup; casa_setup.configure_offline()\n"
     started = time.time()
     procs = []
     for i, (start, count) in enumerate([(0, half), (half, nchan - half)]):
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from hpc_imager import casa_setup
+    from hpc_imager.imaging import casa_setup
 
     casa_setup.configure_offline()
     from hpc_imager.demo import make_ngc5921_ms

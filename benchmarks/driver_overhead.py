@@ -35,12 +35,14 @@ def measure(tasks: int, run_dir: str) -> dict:
     from distributed import Client, LocalCluster
     from rich.console import Console
 
-    from hpc_imager import driver
     from hpc_imager.backends import backend_for
-    from hpc_imager.channel_grid import ChannelGrid, Chunk
-    from hpc_imager.cube_spec import parse_cube_spec
-    from hpc_imager.journal import Journal
-    from hpc_imager.site_profile import load_site
+    from hpc_imager.imaging.channel_grid import ChannelGrid, Chunk
+    from hpc_imager.inputs.cube_spec import parse_cube_spec
+    from hpc_imager.inputs.site_profile import load_site
+    from hpc_imager.run import driver
+    from hpc_imager.run.journal import Journal
+    from hpc_imager.sizing.estimate import TaskEstimate
+    from hpc_imager.sizing.plan import make_plan
 
     run_dir = Path(run_dir)
     spec = parse_cube_spec({"tclean": {"vis": "none.ms", "imagename": str(run_dir / "none"), "specmode": "cube"},
@@ -53,14 +55,12 @@ def measure(tasks: int, run_dir: str) -> dict:
                             ChannelGrid(tasks, "channel", 0, 1, "", "LSRK"), chunks, NoParts())
     driver.image_chunk = trivial_task  # the injection point: everything else is the real loop
 
-    class TwoWorkers:
-        workers = 2
-
+    plan = make_plan(spec, site, TaskEstimate(0.1, 0.01, 1, 1, "default", {}), tasks)  # the local site's, 2 workers
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.submit(lambda: 0).result()  # workers up before the clock starts
         started, cpu = time.time(), time.process_time()
-        outcome = driver._run_chunks(run, client, TwoWorkers(), chunks)
+        outcome = driver._run_chunks(run, client, plan, chunks)
         seconds, cpu = time.time() - started, time.process_time() - cpu
     assert not outcome.lost, outcome.lost
     return {"tasks": tasks, "failures_retried": len(outcome.failures), "seconds": round(seconds, 2),

@@ -1,13 +1,13 @@
 """Peak memory of one imaging task over a matrix of tclean settings, against hpc_imager's estimate.
 
 Each row runs in a FRESH process that imports what a dask worker imports and then calls
-``hpc_imager.imaging_task.image_chunk`` itself (clear_refs, tclean, VmHWM), so the figure is the one
+``hpc_imager.imaging.imaging_task.image_chunk`` itself (clear_refs, tclean, VmHWM), so the figure is the one
 a worker reports. The matrix varies one factor at a time around a few base points (NGC5921 and
 simulated VLA D-configuration cubes and mosaics from ``hpc_imager.simulated_ms``), plus a few
 combinations; results go to ``benchmarks/results/memory_matrix.json`` (rows already there are
 skipped: the script resumes).
 
-Safety on a shared machine: a row whose estimate (the model in hpc_imager/estimate.py) is over
+Safety on a shared machine: a row whose estimate (the model in hpc_imager/sizing/estimate.py) is over
 ``--max-gib`` (default 9) is skipped, a watchdog kills a row whose resident memory passes it
 anyway, a row waits while the machine has less free memory than its estimate plus 2 GiB, and a
 row whose products would take more than ``--max-disk-gib`` is refused before it starts.
@@ -33,9 +33,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpc_imager import casa_setup  # noqa: E402
-from hpc_imager.estimate import GIB, MsFacts, TaskShape, ms_facts, task_peak_bytes  # noqa: E402
+from hpc_imager.imaging import casa_setup  # noqa: E402
 from hpc_imager.simulated_ms import SimulatedObservation, make_simulated_ms  # noqa: E402
+from hpc_imager.sizing.estimate import GIB, MsFacts, TaskShape, ms_facts, task_peak_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "memory_matrix.json"
 DEFAULT_WORK = Path("/tmp/hpc_imager-memory-matrix")
@@ -155,7 +155,7 @@ def shape_of(row: dict, work: Path = DEFAULT_WORK) -> TaskShape:
 
 
 def tclean_params(row: dict, vis: Path) -> dict:
-    from hpc_imager.cube_spec import TCLEAN_KEYWORDS
+    from hpc_imager.inputs.cube_spec import TCLEAN_KEYWORDS
 
     params = {name: default for name, (_, default) in TCLEAN_KEYWORDS.items() if default is not ...}
     params.update(vis=str(vis), field=row["field"], phasecenter=row["phasecenter"], imsize=[row["imsize"]] * 2,
@@ -170,8 +170,8 @@ def child(row_json: str) -> None:
     """In the fresh process: what a dask worker has loaded, then image_chunk as the worker calls it."""
     import distributed  # noqa: F401  (a worker has it loaded; its pages count in VmHWM)
 
-    from hpc_imager.channel_grid import Chunk
-    from hpc_imager.imaging_task import image_chunk
+    from hpc_imager.imaging.channel_grid import Chunk
+    from hpc_imager.imaging.imaging_task import image_chunk
 
     job = json.loads(row_json)
     chunk = Chunk(index=0, first=0, nchan=job["row"]["nchan"], start=0, width=1)
@@ -289,9 +289,9 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    """Every measured row: measured, the model's estimate (hpc_imager/estimate.py's constants), and
+    """Every measured row: measured, the model's estimate (hpc_imager/sizing/estimate.py's constants), and
     the estimate of terms fitted without that row (leave-one-out); the refitted constants."""
-    from hpc_imager.estimate import MEMORY_TERMS, fit_memory_terms, leave_one_out
+    from hpc_imager.sizing.estimate import MEMORY_TERMS, fit_memory_terms, leave_one_out
 
     casa_setup.configure_offline()
     work = Path(args.work)
@@ -300,7 +300,7 @@ def report(args) -> None:
     samples = [(s, p) for s, p, _ in rows]
     fitted = fit_memory_terms(samples)
     if args.markdown:
-        from hpc_imager.estimate import TERM_UNITS
+        from hpc_imager.sizing.estimate import TERM_UNITS
 
         print("| term | bytes per unit (estimate.py) | unit | fitted on these rows |\n|---|---|---|---|")
         for name, value in fitted.items():

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import click
 
-from .cube_spec import CubeSpec, CubeSpecError, ParallelParams, load_cube_spec
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from .inputs.cube_spec import CubeSpec, CubeSpecError, ParallelParams, load_cube_spec
+
 
 def _fail(message: str, status: int) -> None:
     click.echo(f"hpc_imager: error: {message}", err=True)
@@ -73,8 +74,8 @@ def _cube_on_site(function):
     @_parallel_overrides
     @functools.wraps(function)
     def wrapper(cube_toml: Path, site: str, **kwargs):
-        from . import casa_setup
-        from .site_profile import load_site
+        from .imaging import casa_setup
+        from .inputs.site_profile import load_site
 
         overrides = {name: kwargs.pop(name) for name in ParallelParams.model_fields}
         spec = load_cube_spec(cube_toml, {k: v for k, v in overrides.items() if v is not None})
@@ -103,7 +104,7 @@ def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
     """Image the cube described by CUBE_TOML."""
     import signal
 
-    from .driver import image_cube
+    from .run.driver import image_cube
 
     def interrupted(*_):  # a batch system's SIGTERM (scancel, walltime) ends the run like Ctrl-C
         raise KeyboardInterrupt
@@ -120,16 +121,16 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
     """Estimate the peak memory of ONE task (one chunk of channels_per_task channels).
 
     With --probe, image the cube's first chunk on one worker of the site and report its measured peak."""
-    from .chunk_size import with_channels_per_task
-    from .estimate import cube_facts, estimate_task
-    from .preflight import check_cube
+    from .inputs.preflight import check_cube
+    from .sizing.chunk_size import with_channels_per_task
+    from .sizing.estimate import cube_facts, estimate_task
 
     grid = check_cube(spec)  # an estimate for a cube tclean would reject is no use
     facts = cube_facts(spec)
     spec = with_channels_per_task(spec, profile, grid.nchan, facts)
     result = estimate_task(spec, profile, facts)
     if spec.parallel.probe is True:
-        from .driver import probe_cube
+        from .run.driver import probe_cube
 
         result = probe_cube(spec, profile, result)
     if as_json:
@@ -147,10 +148,10 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
-    from .chunk_size import with_channels_per_task
-    from .estimate import cube_facts, estimate_task
-    from .plan import make_plan
-    from .preflight import check_cube
+    from .inputs.preflight import check_cube
+    from .sizing.chunk_size import with_channels_per_task
+    from .sizing.estimate import cube_facts, estimate_task
+    from .sizing.plan import make_plan
 
     grid = check_cube(spec)
     facts = cube_facts(spec)
@@ -184,9 +185,9 @@ def calibrate(sources: tuple[Path, ...], site: str, from_reports: bool, sizes: s
     (SOURCES = one cube.toml), or on the chunks of finished runs (--from-reports RUN_DIR...)."""
     import shutil
 
-    from . import casa_setup
-    from .calibrate import default_sizes, fit, measure, prediction_errors, samples_from_reports, store
-    from .site_profile import BUILTIN_SITES, SiteError, load_site, site_path
+    from .imaging import casa_setup
+    from .inputs.site_profile import BUILTIN_SITES, SiteError, load_site, site_path
+    from .sizing.calibrate import default_sizes, fit, measure, prediction_errors, samples_from_reports, store
 
     profile = load_site(site)
     site_file = Path(site) if site.endswith(".toml") else site_path(site)
@@ -215,7 +216,7 @@ def calibrate(sources: tuple[Path, ...], site: str, from_reports: bool, sizes: s
     except ValueError:
         raise CubeSpecError(f"--sizes: expected side x channels like 256x4,512x4, got {sizes!r}") from None
     casa_setup.configure_offline()
-    from .preflight import check_cube
+    from .inputs.preflight import check_cube
 
     check_cube(spec)  # before the site's workers are asked for
     work_dir = spec.run_directory.with_name(spec.run_directory.name + ".calibration")
@@ -252,7 +253,7 @@ def calibrate(sources: tuple[Path, ...], site: str, from_reports: bool, sizes: s
 def script(cube_toml: Path, site: str) -> None:
     """Print a batch script that runs the driver itself as a job on SITE (sbatch/qsub it)."""
     from .backends import backend_for
-    from .site_profile import load_site
+    from .inputs.site_profile import load_site
 
     profile = load_site(site)
     click.echo(backend_for(profile).driver_script(load_cube_spec(cube_toml), profile, site, cube_toml), nl=False)
@@ -267,7 +268,7 @@ def sites() -> None:
 @_user_errors
 def sites_list() -> None:
     """Every site --site can name, and where its profile comes from."""
-    from .site_profile import available_sites, load_site
+    from .inputs.site_profile import available_sites, load_site
 
     for name, path in available_sites().items():
         click.echo(f"{name:<20} {load_site(name).description}  [{path}]")
@@ -278,7 +279,7 @@ def sites_list() -> None:
 @_user_errors
 def sites_show(name: str) -> None:
     """Print a site's profile with every default filled in."""
-    from .site_profile import load_site
+    from .inputs.site_profile import load_site
 
     click.echo(json.dumps(load_site(name).model_dump(), indent=2))
 
@@ -288,7 +289,7 @@ def sites_show(name: str) -> None:
 @_user_errors
 def sites_validate(file: Path) -> None:
     """Check a site TOML; errors name the field and what is wrong with it."""
-    from .site_profile import load_site
+    from .inputs.site_profile import load_site
 
     profile = load_site(str(file) if str(file).endswith(".toml") else f"{file}.toml")
     click.echo(f"{file}: valid {profile.scheduler} site '{profile.name}'")
@@ -301,12 +302,12 @@ def sites_validate(file: Path) -> None:
 @_user_errors
 def status(run_dir: Path, plot: bool, as_json: bool) -> None:
     """What a run (running or finished) has done: chunks done, running, failed, pending; workers; ETA."""
-    from .status import format_status, read_status
+    from .run.status import format_status, read_status
 
     state = read_status(run_dir)
     click.echo(json.dumps(state.as_dict(), indent=2) if as_json else format_status(state))
     if plot:
-        from .report_plot import write_report_png
+        from .run.report_plot import write_report_png
 
         click.echo(f"wrote {write_report_png(run_dir)}", err=True)
 
@@ -315,7 +316,7 @@ def status(run_dir: Path, plot: bool, as_json: bool) -> None:
 @click.argument("which", type=click.Choice(["cube", "site"]), default="cube")
 def reference(which: str) -> None:
     """Print the cube.toml or site profile reference (docs/), generated from the schema."""
-    from .reference_docs import cube_reference, site_reference
+    from .inputs.reference_docs import cube_reference, site_reference
 
     click.echo(cube_reference() if which == "cube" else site_reference(), nl=False)
 
@@ -326,10 +327,10 @@ def reference(which: str) -> None:
 @_user_errors
 def demo(directory: Path, run: bool) -> None:
     """Set up the NGC5921 demo (MS and cube.toml) in DIRECTORY and image it on --site local."""
-    from .concat import final_products
     from .demo import prepare_demo
-    from .driver import image_cube
-    from .site_profile import load_site
+    from .inputs.site_profile import load_site
+    from .run.concat import final_products
+    from .run.driver import image_cube
 
     cube_toml = prepare_demo(directory)
     click.echo(f"hpc_imager: demo cube {cube_toml}", err=True)

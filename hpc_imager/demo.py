@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import casa_setup
 from .errors import RunFailed
-from .logs import casa_messages_to
+from .imaging import casa_setup
+from .run.logs import casa_messages_to
 
 DEMO_CUBE = Path(__file__).with_name("ngc5921.toml")
 
@@ -52,7 +52,7 @@ def prepare_demo(directory: Path) -> Path:
     cube_toml = directory / "cube.toml"
     if not cube_toml.exists():
         shutil.copyfile(DEMO_CUBE, cube_toml)
-    from .cube_spec import load_cube_spec
+    from .inputs.cube_spec import load_cube_spec
 
     make_ngc5921_ms(directory / "ngc5921.ms", load_cube_spec(cube_toml).run_directory / "logs" / "import.casa.log")
     return cube_toml

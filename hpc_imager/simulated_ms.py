@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import casa_setup
+from .imaging import casa_setup
 
 VLA_D_CONFIG = Path("alma") / "simmos" / "vla.d.cfg"
 DISH_DIAMETER_M = 25.0

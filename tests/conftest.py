@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpc_imager import casa_setup
+from hpc_imager.imaging import casa_setup
 
 casa_setup.configure_offline()
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_same_cube, run_cli, write_cube_toml
 
 pytestmark = pytest.mark.casa

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_same_cube, run_cli, write_cube_toml
 
 SITES = Path(__file__).with_name("sites")

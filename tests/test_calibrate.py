@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_cube_toml
-from hpc_imager.site_profile import load_site
+
+from hpc_imager.inputs.site_profile import load_site
 
 pytestmark = pytest.mark.casa
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_imager.channel_grid import ChannelGrid, resolve_grid
-from hpc_imager.cube_spec import parse_cube_spec
+from hpc_imager.imaging.channel_grid import ChannelGrid, resolve_grid
+from hpc_imager.inputs.cube_spec import parse_cube_spec
 
 
 def test_chunks_cover_every_channel_once_and_the_last_may_be_short():

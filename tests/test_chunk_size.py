@@ -2,8 +2,12 @@
 
 import pytest
 
-from hpc_imager.chunk_size import (MIN_TASKS_PER_WORKER, choose_channels_per_task, max_channels_in_memory,
-                                   run_seconds)
+from hpc_imager.sizing.chunk_size import (
+    MIN_TASKS_PER_WORKER,
+    choose_channels_per_task,
+    max_channels_in_memory,
+    run_seconds,
+)
 
 
 def test_run_time_counts_waves_of_tasks():

@@ -6,9 +6,9 @@ import inspect
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from hpc_imager.cube_spec import TCLEAN_KEYWORDS, CubeSpecError, load_cube_spec, parse_cube_spec
+
+from hpc_imager.inputs.cube_spec import TCLEAN_KEYWORDS, CubeSpecError, load_cube_spec, parse_cube_spec
 
 MINIMAL = {"vis": "ngc5921.ms", "imagename": "cube"}
 

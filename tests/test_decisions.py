@@ -1,7 +1,7 @@
 """The driver's decisions after a failure (pure functions: no dask, no CASA)."""
 
 from hpc_imager.backends.slurm import SLURM
-from hpc_imager.decisions import Next, after_failure, ran_out_of_memory
+from hpc_imager.run.decisions import Next, after_failure, ran_out_of_memory
 
 
 def test_a_failure_is_retried_until_the_retries_are_spent():

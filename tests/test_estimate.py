@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from hpc_imager.estimate import (
-    GIB,
+from hpc_imager.sizing.estimate import (
     FIT_FLOOR,
+    GIB,
     MEMORY_TERMS,
     MsFacts,
     TaskShape,

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_same_cube, run_cli, write_cube_toml
 
 pytestmark = pytest.mark.casa

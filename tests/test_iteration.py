@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BASE_TCLEAN, PLANE_TOLERANCE, assert_close, assert_same_cube, run_cli, write_cube_toml
 
-from hpc_imager.channel_grid import Chunk, resolve_grid
-from hpc_imager.concat import CubeAssembly
-from hpc_imager.cube_spec import parse_cube_spec
-from hpc_imager.imaging_task import image_chunk
-from hpc_imager.iteration import (
+from hpc_imager.imaging.channel_grid import Chunk, resolve_grid
+from hpc_imager.imaging.imaging_task import image_chunk
+from hpc_imager.imaging.iteration import (
     IterationRefused,
     clean_cube,
     cube_iteration_refusal,
@@ -32,9 +31,9 @@ from hpc_imager.iteration import (
     run_in_process,
     weighting_refusal,
 )
-from hpc_imager.journal import Journal
-
-from conftest import BASE_TCLEAN, PLANE_TOLERANCE, assert_close, assert_same_cube, run_cli, write_cube_toml
+from hpc_imager.inputs.cube_spec import parse_cube_spec
+from hpc_imager.run.concat import CubeAssembly
+from hpc_imager.run.journal import Journal
 
 # Six channels at 128² (chunks of 4 and 2): small enough for a few tcleans; their peaks differ
 # (1.0-1.3 mJy), so the cube-wide cycle threshold and budget decide where each plane stops.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import assert_close, assert_same_cube, read_cube, run_cli, write_cube_toml
 
 pytestmark = pytest.mark.casa

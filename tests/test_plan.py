@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, write_cube_toml
 from dask.utils import parse_bytes
 
-from conftest import run_cli, write_cube_toml
 from hpc_imager.backends import backend_for
-from hpc_imager.cube_spec import parse_cube_spec
-from hpc_imager.estimate import MEMORY_TERMS, MsFacts, TaskEstimate, estimate_task
-from hpc_imager.plan import PlanRefused, make_plan, renderable_limit
-from hpc_imager.site_profile import SiteProfile, parse_site
+from hpc_imager.inputs.cube_spec import parse_cube_spec
+from hpc_imager.inputs.site_profile import SiteProfile, parse_site
+from hpc_imager.sizing.estimate import MEMORY_TERMS, MsFacts, TaskEstimate, estimate_task
+from hpc_imager.sizing.plan import PlanRefused, make_plan, renderable_limit
 
 GOLDEN = Path(__file__).with_name("golden")
 GIB = 2**30

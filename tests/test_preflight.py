@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_cube_toml
-from hpc_imager.cube_spec import CubeSpecError, parse_cube_spec
-from hpc_imager.preflight import check_cube
+
+from hpc_imager.inputs.cube_spec import CubeSpecError, parse_cube_spec
+from hpc_imager.inputs.preflight import check_cube
 
 SMALL = {"field": "2", "imsize": [64, 64], "cell": ["30arcsec"]}
 

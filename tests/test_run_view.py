@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli, write_cube_toml
 
 pytestmark = pytest.mark.casa
@@ -19,7 +18,7 @@ def _status(run_dir) -> dict:
 
 
 def test_status_while_running_and_after_and_report_png_shows_every_chunk(tmp_path, ngc5921_ms):
-    from hpc_imager.report_plot import timeline
+    from hpc_imager.run.report_plot import timeline
 
     cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 24, "imsize": [128, 128]},
                            {"channels_per_task": 3, "workers": 2, "retries": 1})

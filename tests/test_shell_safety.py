@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from hpc_imager import shell_safety
-from hpc_imager.site_profile import SiteError, parse_site
+
+from hpc_imager.inputs import shell_safety
+from hpc_imager.inputs.site_profile import SiteError, parse_site
 
 CI_SLURM = (Path(__file__).with_name("sites") / "ci-slurm.toml").read_text()
 

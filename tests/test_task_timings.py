@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpc_imager.task_timings import tclean_step_seconds
+from hpc_imager.imaging.task_timings import tclean_step_seconds
 
 # As tclean 6.7 writes them (from a chunk log of a niter=0 run, plus the lines niter > 0 adds).
 LOG = "\n".join([

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import assert_same_cube, write_cube_toml
 from test_batch import journal_done, slurm, start_driver  # noqa: F401  (slurm is a fixture)
 

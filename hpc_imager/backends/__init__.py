@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..site_profile import SiteProfile
+    from ..inputs.site_profile import SiteProfile
     from .base import Backend
 
 

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from distributed import Client
     from distributed.security import Security
 
-    from ..cube_spec import CubeSpec
-    from ..plan import Plan
-    from ..site_profile import SiteProfile
+    from ..inputs.cube_spec import CubeSpec
+    from ..inputs.site_profile import SiteProfile
+    from ..sizing.plan import Plan
 
 TERMINATE_FRACTION = 0.95
 WORKER_MEMORY_CONFIG = {
@@ -62,7 +62,7 @@ class Backend(ABC):
 
     def certificates(self, site: "SiteProfile", run_dir: Path) -> ContextManager[tuple["Security | None", Path | None]]:
         """The run's TLS credentials and the owner-only directory the workers read them from, removed
-        when the context ends; ``(None, None)`` where the site talks plain TCP (see run_security)."""
+        when the context ends; ``(None, None)`` where the site talks plain TCP (see run/security.py)."""
         return contextlib.nullcontext((None, None))
 
     @abstractmethod

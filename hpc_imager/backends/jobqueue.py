@@ -21,9 +21,9 @@ from typing import Iterator
 
 from tornado.ioloop import PeriodicCallback
 
-from .. import casa_setup
-from ..run_security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
-from ..site_profile import walltime_seconds
+from ..imaging import casa_setup
+from ..inputs.site_profile import walltime_seconds
+from ..run.security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
 from .base import WORKER_MEMORY_CONFIG, Backend
 
 JOB_TEMPLATES = Path(__file__).parents[1] / "jobs"

@@ -9,8 +9,8 @@ from typing import Iterator
 
 import dask
 
-from .. import casa_setup
-from ..site_profile import SiteError
+from ..imaging import casa_setup
+from ..inputs.site_profile import SiteError
 from .base import WORKER_MEMORY_CONFIG, Backend
 
 

@@ -4,7 +4,7 @@ Without this, a vis that is not a MeasurementSet, a field that selects nothing o
 an angle surface as a CASA traceback from inside a worker, once per chunk and per retry; channels
 past the end of the data surface nowhere at all (tclean pads them with blank planes). The checks
 ask CASA's own parsers (msseltoindex, msselect, quanta, measures) and CASA's imager for the grid
-(:func:`hpc_imager.channel_grid.resolve_grid`, no gridding; the whole check took 0.2-0.5 s on NGC5921 once casatools is
+(:func:`hpc_imager.imaging.channel_grid.resolve_grid`, no gridding; the whole check took 0.2-0.5 s on NGC5921 once casatools is
 loaded), and hand that grid on so the driver does not ask CASA again.
 """
 
@@ -16,9 +16,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .channel_grid import ChannelGrid, channel_frequencies, resolve_grid, spectral_axis
+from ..imaging.channel_grid import ChannelGrid, channel_frequencies, resolve_grid, spectral_axis
+from ..run.logs import casa_messages_to
 from .cube_spec import CubeSpec, CubeSpecError, TcleanParams
-from .logs import casa_messages_to
 
 # tclean's selection keywords → (ms.msseltoindex's argument, ms.msselect's key). msseltoindex parses
 # an expression and says what is wrong with it; msselect says whether it selects any rows.

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import tomlkit
 
-from .channel_grid import resolve_grid
-from .backends import backend_for
-from .cube_spec import CubeSpec
-from .errors import UserError
+from ..backends import backend_for
+from ..errors import UserError
+from ..imaging.channel_grid import resolve_grid
+from ..imaging.imaging_task import image_chunk
+from ..imaging.worker_plugin import PrepareWorker
+from ..inputs.cube_spec import CubeSpec
+from ..inputs.site_profile import Calibration, SiteProfile
 from .estimate import GIB, MEMORY_TERMS, cube_facts, estimate_task, image_pixels, stokes_planes
-from .imaging_task import image_chunk
 from .plan import make_plan
-from .site_profile import Calibration, SiteProfile
-from .worker_plugin import PrepareWorker
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..run.logs import send_dask_logs_to
 from . import casa_setup
-from .logs import send_dask_logs_to
 
 
 class PrepareWorker(WorkerPlugin):

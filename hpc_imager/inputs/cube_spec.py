@@ -29,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..errors import UserError
 from . import shell_safety
-from .errors import UserError
 
 Float = Union[StrictFloat, StrictInt]
 Paths = Union[StrictStr, list[StrictStr]]

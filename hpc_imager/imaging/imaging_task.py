@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from ..inputs.preflight import casa_message
 from . import casa_setup
 from .channel_grid import Chunk
-from .preflight import casa_message
 from .task_timings import tclean_step_seconds
 
 # Products tclean makes for every cube (others, such as .mask or .image.pbcor, only when asked).

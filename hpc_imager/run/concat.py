@@ -25,9 +25,9 @@ from pathlib import Path
 
 import psutil
 
-from .channel_grid import Chunk
-from .errors import RunFailed
-from .imaging_task import part_path
+from ..errors import RunFailed
+from ..imaging.channel_grid import Chunk
+from ..imaging.imaging_task import part_path
 
 # Everything tclean may make for a cube, in the order it is assembled.
 PRODUCTS = ("psf", "pb", "sumwt", "weight", "residual", "model", "mask", "image", "image.pbcor")

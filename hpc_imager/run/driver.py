@@ -20,25 +20,33 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import casa_setup
-from .backends import backend_for
-from .backends.base import Backend
-from .channel_grid import ChannelGrid, Chunk
-from .chunk_size import with_channels_per_task
+from ..backends import backend_for
+from ..backends.base import Backend
+from ..errors import RunFailed
+from ..imaging import casa_setup
+from ..imaging.channel_grid import ChannelGrid, Chunk
+from ..imaging.imaging_task import image_chunk, part_path
+from ..imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
+from ..imaging.worker_plugin import PrepareWorker
+from ..inputs.cube_spec import CubeSpec
+from ..inputs.preflight import check_cube
+from ..inputs.site_profile import SiteProfile, walltime_seconds
+from ..sizing.chunk_size import with_channels_per_task
+from ..sizing.estimate import (
+    GIB,
+    TaskEstimate,
+    cube_facts,
+    estimate_task,
+    memory_surprise,
+    probe_wanted,
+    probed_estimate,
+)
+from ..sizing.plan import Plan, PlanRefused, make_plan
 from .concat import CubeAssembly, final_products, wants_common_beam
-from .cube_spec import CubeSpec
 from .decisions import Next, after_failure, ran_out_of_memory
-from .errors import RunFailed
-from .estimate import GIB, TaskEstimate, cube_facts, estimate_task, memory_surprise, probe_wanted, probed_estimate
-from .imaging_task import image_chunk, part_path
-from .iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
 from .journal import Journal, RunDirectoryError
 from .logs import send_dask_logs_to
-from .plan import Plan, PlanRefused, make_plan
-from .preflight import check_cube
-from .run_security import dashboard_hint
-from .site_profile import SiteProfile, walltime_seconds
-from .worker_plugin import PrepareWorker
+from .security import dashboard_hint
 
 
 class RunIncomplete(RunFailed):
@@ -221,7 +229,7 @@ def image_cube(
         report["concat"] = assembly.finish(journal.placed)
         report["wall_seconds"] = time.time() - started
         if compare_serial:
-            from .serial_check import compare_with_serial
+            from ..imaging.serial_check import compare_with_serial
 
             report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
             worst = {p: f"{v['max']:.2g}" for p, v in report["serial_comparison"].items()}
@@ -398,7 +406,7 @@ class Step:
 
 
 def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
-    """Whole-cube iteration (:mod:`hpc_imager.iteration` holds the controller and decides the steps):
+    """Whole-cube iteration (:mod:`hpc_imager.imaging.iteration` holds the controller and decides the steps):
     each step runs in every chunk through the same bounded, retrying loop as per-chunk imaging, in one
     cluster kept for the run (replaced by one with more memory after a memory kill). A step that
     cannot finish ends the run; ``--resume`` continues after the last step every chunk finished."""

@@ -33,8 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .cube_spec import CubeSpec
-from .site_profile import SiteProfile
+from ..inputs.cube_spec import CubeSpec
+from ..inputs.site_profile import SiteProfile
 
 GIB = 2**30
 SPEED_OF_LIGHT = 299792458.0

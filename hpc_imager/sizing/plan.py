@@ -18,12 +18,12 @@ from dataclasses import dataclass, fields, replace
 
 from dask.utils import format_bytes, parse_bytes
 
-from .backends import backend_for
-from .backends.base import TERMINATE_FRACTION
-from .cube_spec import CubeSpec
-from .errors import UserError
+from ..backends import backend_for
+from ..backends.base import TERMINATE_FRACTION
+from ..errors import UserError
+from ..inputs.cube_spec import CubeSpec
+from ..inputs.site_profile import SiteProfile, format_walltime, walltime_seconds
 from .estimate import GIB, TaskEstimate
-from .site_profile import SiteProfile, format_walltime, walltime_seconds
 
 # A need that was measured (a probe) rather than modelled needs no headroom for model error, only
 # room for distributed's terminate threshold: the nanny restarts a worker at 95 % of its limit.

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .cube_spec import TcleanParams
+from ..inputs.cube_spec import TcleanParams
 
 GridKind = Literal["channel", "velocity", "frequency"]
 
@@ -117,10 +117,10 @@ def spectral_axis(tclean: TcleanParams) -> tuple[dict, int]:
     """CASA's imager's spectral coordinate and channel count for these keywords (no data are gridded).
 
     CASA raises its own exceptions for keywords it cannot use (an image shape, a cell, a phase
-    centre, a selection); :mod:`hpc_imager.preflight` turns them into one line naming the keyword.
+    centre, a selection); :mod:`hpc_imager.inputs.preflight` turns them into one line naming the keyword.
     """
-    from casatools import synthesisimager
     from casatasks.private.imagerhelpers.input_parameters import ImagerParameters
+    from casatools import synthesisimager
 
     params = tclean.model_dump()
     params["msname"] = params.pop("vis")

@@ -6,7 +6,7 @@ blocks of channels (C++ ``SynthesisDeconvolver::executeCubeMinorCycle`` hands ev
 minor-cycle controls and merges the blocks' records), so a plane's cleaning depends on the rest of
 the cube only through the controller. Here each chunk is such a block: a worker runs the chunk's
 share of each step with fresh CASA tools and hands back the records the controller needs
-(:mod:`hpc_imager.iteration` merges them, as serial does, in the driver).
+(:mod:`hpc_imager.imaging.iteration` merges them, as serial does, in the driver).
 
 State lives on disk, in the chunk's images: ``<run>/iteration/<chunk>/cycle-<k>/part.*``. A step
 copies the previous cycle's images to a scratch folder, works there and renames it into place, so a
@@ -18,7 +18,7 @@ The deconvolver keeps only this between serial's steps, and it is rebuilt exactl
 as serial does whenever iterations were done), the mask sum (for the "mask changed" flag) and the
 loaded mask (``setupmask`` re-reads the same mask). Automasking keeps more (per-channel flags, its
 running iteration count, the positive-mask work image); that is why cube iteration refuses
-``usemask='auto-multithresh'`` (see :func:`hpc_imager.iteration.cube_iteration_refusal`).
+``usemask='auto-multithresh'`` (see :func:`hpc_imager.imaging.iteration.cube_iteration_refusal`).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UserError
 from .channel_grid import Chunk
-from .errors import UserError
 
 # The stop codes' meanings, as imager_base.PySynthesisImager.getStopDescription gives them.
 STOP_REASONS = {
