@@ -22,7 +22,7 @@ from ..errors import UserError
 from . import shell_safety
 
 SITE_DIRS_ENV = "HPC_IMAGER_SITE_DIRS"
-BUILTIN_SITES = Path(__file__).with_name("site_profiles")
+BUILTIN_SITES = Path(__file__).parents[1] / "site_profiles"
 
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.\-]*:\d{1,5}$")
