@@ -122,6 +122,8 @@ class CubeAssembly:
         self._todo: queue.Queue[int] = queue.Queue()  # handed to the placing thread
         self._done: queue.Queue[int] = queue.Queue()  # placed, not yet recorded in the journal
         self._handed: set[int] = set()
+        self._beams: dict[str, dict[int, list]] = {}  # product -> chunk -> per plane, per stokes (placing thread)
+        self._beamless: set[str] = set()
         self._thread: threading.Thread | None = None
         self._closing = False
         self._error: ConcatError | None = None
@@ -155,7 +157,7 @@ class CubeAssembly:
 
     def arrived(self, chunk: Chunk) -> None:
         """``chunk``'s part is in parts/: place it when the staged products exist."""
-        if chunk.index not in self.placed:
+        if chunk.index not in self.placed and chunk.index not in self._handed:
             self.waiting.add(chunk.index)
 
     def place_waiting(self, on_placed) -> None:
@@ -244,30 +246,57 @@ class CubeAssembly:
                 target.open(f"{self.staged_name}.{product}")
                 # pixels and pixel mask, copied inside casacore (no part-sized numpy copy in the driver)
                 target.insert(infile=str(part / f"part.{product}"), locate=[0] * (len(source.shape()) - 1) + [chunk.first])
+                self._keep_beams(source, product, chunk)
             finally:
                 target.done()
                 source.done()
-            if self.nchan > 1:  # a one-channel cube kept chunk 0's one beam as it is
-                self._copy_beams(part / f"part.{product}", f"{self.staged_name}.{product}", chunk)
 
-    def _copy_beams(self, part: Path, staged: str, chunk: Chunk) -> None:
-        """The part's per-plane beams into its planes of the staged image, in one write of its
-        ``imageinfo`` keyword. One ``setrestoringbeam`` call per plane took 18 ms each on a quiet
-        machine (1.15 s per 64-channel product, minutes under load): placing fell behind the workers.
-        casacore keeps per-plane beams as ``*k`` with k = channel + stokes × nchan (checked against
-        ``setrestoringbeam``). A one-channel part's single beam is that plane's beam."""
-        part_info = _image_info(part)
-        part_beams, part_single = part_info.get("perplanebeams"), part_info.get("restoringbeam")
-        if not part_beams and not part_single:
-            return  # no beam: pb, residual, model, ...
-        info = _image_info(staged)
-        beams = info["perplanebeams"]
-        nstokes = int(beams["nStokes"])
-        for stokes in range(nstokes):
-            for plane in range(chunk.nchan):
-                beam = part_beams[f"*{plane + stokes * chunk.nchan}"] if part_beams else part_single
-                beams[f"*{chunk.first + plane + stokes * self.nchan}"] = beam
-        _put_image_info(staged, info)
+    def _keep_beams(self, source, product: str, chunk: Chunk) -> None:
+        """The part's per-plane beams, kept for ``_write_beams``: one call on the open part, where
+        writing them into the staged image per part (one ``setrestoringbeam`` per plane, 18 ms each,
+        or a table rewrite of all the cube's beams) was a third of the placing thread's time."""
+        if product in self._beamless:
+            return
+        beams = source.restoringbeam()
+        if not beams:
+            self._beamless.add(product)  # pb, residual, model, ...: no part of it has one
+            return
+        nstokes = int(beams.get("nStokes", 1))
+        per_plane = beams.get("beams")
+        self._beams.setdefault(product, {})[chunk.index] = [
+            [per_plane[f"*{plane}"][f"*{stokes}"] if per_plane else beams for stokes in range(nstokes)]
+            for plane in range(chunk.nchan)]
+
+    def _write_beams(self) -> None:
+        """Every part's beams into its planes of the staged products, one ``imageinfo`` write per
+        product (casacore keeps per-plane beams as ``*k``, k = channel + stokes × nchan, checked
+        against ``setrestoringbeam``). Parts placed by an earlier driver are read again from parts/,
+        which are removed only once the cube is in place. A one-channel cube keeps chunk 0's beam."""
+        if self.nchan == 1:
+            return
+        for product in self._products():
+            staged = f"{self.staged_name}.{product}"
+            if not Path(staged).exists():
+                continue  # moved into place by a finish that was interrupted
+            info = _image_info(staged)
+            if "perplanebeams" not in info:
+                continue  # a product without beams
+            beams, nstokes = info["perplanebeams"], int(info["perplanebeams"]["nStokes"])
+            kept = self._beams.get(product, {})
+            for index, chunk in self.chunks.items():
+                if index not in kept:
+                    from casatools import image
+
+                    source = image()
+                    source.open(str(part_path(self.run_dir, chunk) / f"part.{product}"))
+                    try:
+                        self._keep_beams(source, product, chunk)
+                    finally:
+                        source.done()
+                for plane, per_stokes in enumerate(self._beams[product][index]):
+                    for stokes, beam in enumerate(per_stokes[:nstokes]):
+                        beams[f"*{chunk.first + plane + stokes * self.nchan}"] = beam
+            _put_image_info(staged, info)
 
     def _create(self, source, outfile: str) -> None:
         """An image of the whole cube's shape with ``source``'s (chunk 0's) header; with per-plane
@@ -307,6 +336,7 @@ class CubeAssembly:
         if missing:
             raise ConcatError(f"cannot finish the cube: {len(missing)} parts not placed"
                               f" (chunks {', '.join(map(str, missing[:10]))})")
+        self._write_beams()
         imagename = self.tclean_params["imagename"]
         if self.common_beam and not Path(f"{imagename}.image").exists():
             for product in ("image", "image.pbcor"):  # an interrupted restore's
