@@ -231,9 +231,10 @@ def _replace_tree(source: Path, target: Path) -> None:
 
 def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
                   revert_mask: bool = False) -> dict:
-    """Restore (and pb-correct) the last cycle's images; return the folder holding ``part.*``.
-    ``revert_mask``: cleaning stopped on a criterion, where serial's hasConverged puts back the
-    automask the last minor cycle used (``.prev.mask``) in place of the one made after it."""
+    """Restore (and pb-correct) the last cycle's images into the chunk's part (parts/<chunk>), so that
+    the driver places it into the cube while the other chunks restore. ``revert_mask``: cleaning
+    stopped on a criterion, where serial's hasConverged puts back the automask the last minor cycle
+    used (``.prev.mask``) in place of the one made after it."""
     started = time.time()
     with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
         if revert_mask and (scratch / "part.prev.mask").is_dir():
@@ -248,4 +249,8 @@ def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int,
                     deconvolver.pbcor()
         finally:
             tools.close()
-    return {"folder": str(cycle_dir(Path(run_dir), chunk, cycle + 1)), "seconds": time.time() - started}
+    part = Path(run_dir) / "parts" / chunk.name
+    part.parent.mkdir(exist_ok=True)
+    shutil.rmtree(part, ignore_errors=True)  # an earlier attempt's, or a resumed run's: the same restore
+    os.rename(cycle_dir(Path(run_dir), chunk, cycle + 1), part)
+    return {"folder": str(part), "seconds": time.time() - started}

@@ -18,7 +18,6 @@ them, and :meth:`CubeIteration.replay` rebuilds the controller's exact state on 
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -290,12 +289,7 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
         controller.close()
     if not any(step["kind"] == "restored" for step in journal.iteration_steps):
         revert_mask = "auto" in tclean_params["usemask"] and controller.stopcode > 0
-        folders = run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle, revert_mask=revert_mask)
-        (run_dir / "parts").mkdir(exist_ok=True)
-        for chunk, restored in zip(chunks, folders):
-            target = run_dir / "parts" / chunk.name
-            shutil.rmtree(target, ignore_errors=True)
-            os.rename(restored["folder"], target)
+        run_step(cycle_tasks.restore_chunk, arguments, cycle=cycle, revert_mask=revert_mask)  # each into parts/
         journal.iteration_step({"kind": "restored", "cycle": cycle})
         shutil.rmtree(run_dir / "iteration", ignore_errors=True)
     return summary

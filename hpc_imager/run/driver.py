@@ -25,6 +25,7 @@ from ..backends.base import Backend
 from ..errors import RunFailed
 from ..imaging import casa_setup
 from ..imaging.channel_grid import ChannelGrid, Chunk
+from ..imaging.cycle_tasks import restore_chunk
 from ..imaging.imaging_task import image_chunk, part_path
 from ..imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
 from ..imaging.worker_plugin import PrepareWorker
@@ -178,7 +179,7 @@ def image_cube(
             plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
         if cube_iteration:
             passes, iteration = _clean_cube(run, plan)
-            for chunk in chunks if not passes.lost else []:  # every part is made by the last step, restore
+            for chunk in chunks if not passes.lost else []:  # placed as each restored (or restored before a resume)
                 assembly.arrived(chunk)
         else:
             passes, iteration = _image_chunks(run, plan, todo), None
@@ -403,6 +404,7 @@ class Step:
     keywords: dict
     description: str
     results: dict = field(default_factory=dict)
+    on_done: Callable[[Chunk], None] = lambda chunk: None  # as each chunk's task finishes
 
 
 def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
@@ -423,6 +425,8 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
                 function.__name__, f"cycle {keywords.get('cycle')}")
             step = Step(function, keywords, f"{what} (iterations {latest['iterdone']},"
                                                 f" peak residual {latest['peakresidual']:.3g})")
+            if function is restore_chunk:  # its part is final: placed while the other chunks restore
+                step.on_done = run.assembly.arrived
             todo = list(run.chunks)
             step_started = time.time()
             while todo:
@@ -546,6 +550,7 @@ def _run_chunks(run: RunContext, client, plan: Plan, todo: list[Chunk], step: St
                     run.assembly.arrived(chunk)
                 else:
                     step.results[chunk.index] = metrics
+                    step.on_done(chunk)
                 progress.advance(bar, chunk.nchan)
             future.release()
             refill()
