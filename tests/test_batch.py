@@ -253,6 +253,57 @@ def test_slurm_chunk_killed_for_memory_is_retried_with_more_memory(slurm, tmp_pa
 
 
 @pytest.mark.slurm
+def test_slurm_whole_cube_iteration_killed_for_memory_goes_on_with_more_memory(slurm, tmp_path, ngc5921_ms,
+                                                                             serial_reference):
+    """niter > 0 (one iteration controller): a step's tasks killed for memory are run again on workers
+    with twice the memory, and the cycles go on from that step: the cube still equals serial's."""
+    tclean = {"nchan": 4, "imsize": [1024, 1024], "niter": 60, "cycleniter": 20}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 1})
+    result = run_cli("submit", "--site", _underestimating_site(slurm, tmp_path), cube, cwd=tmp_path)
+    first_limit = re.search(r"worker memory limit ([\d.]+) MiB", result.stderr)
+    assert first_limit and float(first_limit.group(1)) < 512, "the first workers are deliberately too small"
+    assert "ran out of memory: going on with twice the memory per worker" in result.stderr
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["iteration"] == "cube" and report["memory_retries"]
+    assert report["iteration_summary"]["iterdone"] > 0
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
+                     products=("image", "residual", "model", "psf", "pb", "sumwt"))
+    assert_no_job_left()
+
+
+@pytest.mark.slurm
+def test_slurm_whole_cube_iteration_worker_job_cancelled_mid_cycles(slurm, tmp_path, ngc5921_ms, serial_reference):
+    """niter > 0: a worker job lost during the cycles is replaced and the step's unfinished chunks run
+    again (each step writes a chunk's images by renaming a finished copy into place)."""
+    tclean = {"nchan": 8, "imsize": [128, 128], "niter": 400, "cycleniter": 25}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
+    run_dir = tmp_path / "cube.hpcrun"
+    driver = start_driver(single_worker_jobs(slurm, tmp_path), cube, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while '"iteration step"' not in ((run_dir / "journal.jsonl").read_text()
+                                         if (run_dir / "journal.jsonl").exists() else ""):
+            assert driver.poll() is None and time.time() < deadline, "no iteration step finished"
+            time.sleep(0.2)
+        jobs = our_slurm_jobs()
+        assert len(jobs) == 2
+        subprocess.run(["scancel", jobs[0]], check=True)
+        _, stderr = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["iteration"] == "cube" and report["iteration_summary"]["iterdone"] > 0
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
+                     products=("image", "residual", "model", "psf", "pb", "sumwt"))
+    job_logs = {p.stem for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
+    assert len(job_logs) > 2, f"a replacement job was submitted after scancel {jobs[0]}: {job_logs}"
+    assert_no_job_left()
+
+
+@pytest.mark.slurm
 def test_slurm_chunk_that_cannot_get_enough_memory_is_named(slurm, tmp_path, ngc5921_ms):
     cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 4, "imsize": [1024, 1024]},
                            {"channels_per_task": 4, "workers": 1})
