@@ -244,19 +244,25 @@ def plot(results: dict, path: Path) -> None:
 
     cubes = results["cubes"]
     fig, (bars, tails) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1.2]})
-    kinds = [("serial_seconds", "serial tclean"), ("two_halves_at_once_seconds", "2 halves at once (limit)"),
-             ("pclean_seconds", "pclean 0.2.3"), ("hpc_imager_seconds", "hpc_imager")]
-    width = 0.2
-    for k, (key, label) in enumerate(kinds):
+    kinds = [("serial_seconds", "serial tclean", None),
+             ("serial_one_thread_seconds", "serial, one thread", None),
+             ("two_halves_at_once_seconds", "2 halves at once (limit)", None),
+             ("pclean_seconds", "pclean 0.2.3", "pclean_vs_serial"),
+             ("hpc_imager_seconds", "hpc_imager (default)", "hpc_imager_vs_serial"),
+             ("hpc_imager_per_chunk_seconds", "hpc_imager per-chunk", "hpc_imager_per_chunk_vs_serial")]
+    kinds = [k for k in kinds if any(k[0] in c for c in cubes)]
+    width = 0.8 / len(kinds)
+    for k, (key, label, check) in enumerate(kinds):
         values = [c.get(key, math.nan) for c in cubes]
-        xs = [i + (k - 1.5) * width for i in range(len(cubes))]
+        xs = [i + (k - (len(kinds) - 1) / 2) * width for i in range(len(cubes))]
         bars.bar(xs, values, width, label=label)
         for x, v, c in zip(xs, values, cubes):
             if not math.isnan(v):
                 serial = (c["serial_seconds"] + c.get("serial_again_seconds", c["serial_seconds"])) / 2
-                bars.text(x, v, f"{v / serial:.2f}", ha="center", va="bottom", fontsize=7)
+                differs = check and c.get(check, {}).get("planes_over_1e-5")
+                bars.text(x, v, f"{v / serial:.2f}" + ("\n≠" if differs else ""), ha="center", va="bottom", fontsize=7)
+    bars.set_ylabel("wall seconds (label: / serial, mean of its runs; ≠: cube differs from serial's)", fontsize=8)
     bars.set_xticks(range(len(cubes)), [c["cube"] for c in cubes], fontsize=8)
-    bars.set_ylabel("wall seconds (label: / serial, mean of its runs)")
     bars.legend(fontsize=8)
     bars.set_title(f"one run, {results['started_utc']} UTC, load {cubes[0]['load_before']}–{cubes[-1]['load_after']}",
                    fontsize=9)
@@ -281,7 +287,11 @@ def main() -> None:
     parser.add_argument("--imsize", type=int, default=None, help="NGC5921 image side (default 1024).")
     parser.add_argument("--no-repeat", action="store_true", help="Do not run serial tclean again after the others.")
     parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
+    parser.add_argument("--replot", type=Path, help="Draw the PNG of an earlier run's JSON again, measure nothing.")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return
     sys.path.insert(0, str(REPO))
     from hpc_imager.imaging import casa_setup
 
