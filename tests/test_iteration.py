@@ -144,6 +144,10 @@ def test_a_run_killed_between_cycles_resumes_from_its_last_cycle(tmp_path, ngc59
     report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
     assert_same_return(report["iteration_summary"], returned)
     assert_same_cube(str(tmp_path / "cube"), serial, PRODUCTS)
+    # every chunk's peak over the steps the resumed driver ran, against the estimate it was planned with
+    assert sorted(m["chunk"] for m in report["chunk_metrics"]) == [0, 1]
+    assert all(0.1 * 2**30 < m["peak_rss_bytes"] < 4 * 2**30 and m["estimated_peak_bytes"] > 0
+               for m in report["chunk_metrics"])
 
 
 def test_perchanweightdensity_false_chunks_equal_serial_at_niter_0(tmp_path, ngc5921_ms, serial_tclean):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import casa_setup
 from .channel_grid import Chunk
-from .imaging_task import _release_casa
+from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss
 
 # tclean's keyword names that ImagerParameters spells differently (task_tclean.py does the same).
 _RENAMED = {"vis": "msname", "timerange": "timestr", "uvrange": "uvdist", "observation": "obs",
@@ -121,6 +121,7 @@ def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int |
     logs.mkdir(exist_ok=True)
     casalog.setlogfile(str(logs / f"{chunk.name}.cycle-{cycle}.attempt-{attempt}.casa.log"))
     casalog.showconsole(False)
+    _reset_peak_rss()  # each step's peak, measured as image_chunk measures a whole chunk's
     try:
         with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
             yield scratch
@@ -192,7 +193,7 @@ def start_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, l
             second = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"init": [first, second], "seconds": time.time() - started}
+    return {"init": [first, second], "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}
 
 
 def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
@@ -220,7 +221,8 @@ def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, c
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"exec": _plain(executed), "init": init, "seconds": time.time() - started}
+    return {"exec": _plain(executed), "init": init, "seconds": time.time() - started,
+            "peak_rss_bytes": _peak_rss_bytes()}
 
 
 def _replace_tree(source: Path, target: Path) -> None:
@@ -253,4 +255,4 @@ def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int,
     part.parent.mkdir(exist_ok=True)
     shutil.rmtree(part, ignore_errors=True)  # an earlier attempt's, or a resumed run's: the same restore
     os.rename(cycle_dir(Path(run_dir), chunk, cycle + 1), part)
-    return {"folder": str(part), "seconds": time.time() - started}
+    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}

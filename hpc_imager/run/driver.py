@@ -178,7 +178,7 @@ def image_cube(
         if probe and probe.estimate:
             plan = make_plan(spec, site, probe.estimate, max(1, len(todo)))
         if cube_iteration:
-            passes, iteration = _clean_cube(run, plan)
+            passes, iteration, cube_metrics = _clean_cube(run, plan)
             for chunk in chunks if not passes.lost else []:  # placed as each restored (or restored before a resume)
                 assembly.arrived(chunk)
         else:
@@ -187,7 +187,8 @@ def image_cube(
             passes.lost += probe.passes.lost
             passes.failures = probe.passes.failures + passes.failures
         lost = sorted(passes.lost, key=lambda chunk: chunk.index)  # tasks finish in any order; say them in order
-        chunk_metrics = [record.done for record in (journal.record(c.index) for c in chunks) if record.done]
+        chunk_metrics = (cube_metrics if cube_iteration else
+                         [record.done for record in (journal.record(c.index) for c in chunks) if record.done])
         surprises = _memory_surprises(chunk_metrics)
         if surprises:
             console.print(f"hpc_imager: warning: {len(surprises)} chunk(s) far from their memory estimate; "
@@ -407,13 +408,14 @@ class Step:
     on_done: Callable[[Chunk], None] = lambda chunk: None  # as each chunk's task finishes
 
 
-def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
+def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None, list[dict]]:
     """Whole-cube iteration (:mod:`hpc_imager.imaging.iteration` holds the controller and decides the steps):
     each step runs in every chunk through the same bounded, retrying loop as per-chunk imaging, in one
     cluster kept for the run (replaced by one with more memory after a memory kill). A step that
     cannot finish ends the run; ``--resume`` continues after the last step every chunk finished."""
     passes = Passes(plans=[plan])
     latest = {"cycle": 0, "iterdone": 0, "peakresidual": 0.0}
+    chunk_metrics: dict[int, dict] = {}  # by chunk, over the steps this driver ran
     timings: list[dict] = []  # per step: its wall time and its tasks' (the rest is waiting at the barrier)
     with contextlib.ExitStack() as clusters:
         client = None
@@ -456,6 +458,12 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
                     clusters.close()
                     client = None
             results = [step.results[c.index] for c in run.chunks]
+            for chunk, result in zip(run.chunks, results):  # a chunk's peak over its steps, its time in them
+                metrics = chunk_metrics.setdefault(chunk.index, {
+                    "chunk": chunk.index, "channels": chunk.nchan, "wall_seconds": 0.0, "peak_rss_bytes": 0,
+                    "estimated_peak_bytes": plan.basis.task_peak_bytes})
+                metrics["wall_seconds"] += result["seconds"]
+                metrics["peak_rss_bytes"] = max(metrics["peak_rss_bytes"], result["peak_rss_bytes"])
             task_seconds = [r["seconds"] for r in results]
             timings.append({"step": what, "wall_seconds": time.time() - step_started,
                             "task_seconds_max": max(task_seconds), "task_seconds_sum": sum(task_seconds)})
@@ -465,8 +473,8 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None]:
             summary = clean_cube(run.tclean_params, run.chunks, run.grid.nchan, run.run_dir, run.journal, run_step,
                                  on_cycle=latest.update)
         except _StepUnfinished:
-            return passes, None
-    return passes, dict(iteration_report(summary), steps=timings)
+            return passes, None, list(chunk_metrics.values())
+    return passes, dict(iteration_report(summary), steps=timings), list(chunk_metrics.values())
 
 
 @dataclass
