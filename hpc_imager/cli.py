@@ -127,7 +127,7 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 
     grid = check_cube(spec)  # an estimate for a cube tclean would reject is no use
     facts = cube_facts(spec)
-    spec = with_channels_per_task(spec, profile, grid.nchan, facts)
+    spec = with_channels_per_task(spec, profile, grid, facts)
     result = estimate_task(spec, profile, facts)
     if spec.parallel.probe is True:
         from .run.driver import probe_cube
@@ -155,7 +155,7 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
 
     grid = check_cube(spec)
     facts = cube_facts(spec)
-    spec = with_channels_per_task(spec, profile, grid.nchan, facts)
+    spec = with_channels_per_task(spec, profile, grid, facts)
     chunks = grid.chunks(spec.parallel.channels_per_task)
     the_plan = make_plan(spec, profile, estimate_task(spec, profile, facts), len(chunks))
     script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)

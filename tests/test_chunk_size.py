@@ -49,3 +49,13 @@ def test_smallest_within_slack_of_fastest():
     best = min(run_seconds(100, 1, k, 1.0, 1.0) for k in range(1, 26) if -(-100 // k) >= MIN_TASKS_PER_WORKER)
     assert run_seconds(100, 1, c, 1.0, 1.0) <= best * 1.05
     assert all(run_seconds(100, 1, k, 1.0, 1.0) > best * 1.05 for k in range(1, c))
+
+
+def test_frequency_grids_avoid_a_last_chunk_of_one_channel():
+    """41 channels would be 8 × 5 + 1: the one-channel chunk needs a guard channel in frequency or
+    velocity grids, and whole-cube iteration refuses it; another size is chosen where one is allowed."""
+    assert choose_channels_per_task(41, 2, 1.5, 0.47) == 5
+    c = choose_channels_per_task(41, 2, 1.5, 0.47, avoid_single_channel_chunks=True)
+    assert c > 1 and 41 % c != 1 and -(-41 // c) >= 2 * MIN_TASKS_PER_WORKER
+    assert choose_channels_per_task(63, 2, 0.0, 0.5, avoid_single_channel_chunks=True) > 1  # not all ones
+    assert choose_channels_per_task(3, 8, 1.5, 0.5, avoid_single_channel_chunks=True) == 1  # nothing else fits

@@ -150,6 +150,39 @@ def test_a_run_killed_between_cycles_resumes_from_its_last_cycle(tmp_path, ngc59
                for m in report["chunk_metrics"])
 
 
+def _data_channel_frequencies(ms: Path) -> tuple[float, ...]:
+    spec = parse_cube_spec({"tclean": dict(BASE_TCLEAN, vis=str(ms), imagename="grid", nchan=-1)}, ms.parent)
+    return resolve_grid(spec.tclean).frequencies
+
+
+def test_default_chunks_of_a_frequency_grid_leave_no_one_channel_chunk(tmp_path, ngc5921_ms, serial_tclean):
+    """41 channels given by frequency (on the data's channels) at 64²: the fastest default size (5)
+    would leave a last chunk of one channel, which needs a guard channel and which whole-cube
+    iteration refuses; the default chooses a size that leaves none, and the cube is cleaned as one."""
+    data = _data_channel_frequencies(ngc5921_ms)
+    keywords = {"imsize": [64, 64], "start": f"{data[6]!r}Hz", "width": f"{data[1] - data[0]!r}Hz", "nchan": 41,
+                "niter": 40, "cycleniter": 10}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2})
+    run_cli("submit", "--site", "local", cube, cwd=tmp_path)
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["iteration"] == "cube" and report["channels_per_task"] == 3
+    serial, returned = serial_tclean(**keywords)
+    assert_same_cube(str(tmp_path / "cube"), serial, ("psf", "image", "residual", "model"))
+    assert_same_return(report["iteration_summary"], returned)
+
+
+def test_channels_between_the_datas_are_refused_in_whole_cube_iteration(tmp_path, ngc5921_ms):
+    """1.4128 GHz lies between two data channels: serial's major cycle predicts each data channel from
+    the model planes on both sides of it (measured with the refusal lifted, 12 channels in chunks of 3:
+    image 6 %, residual 9 % of the plane peak from serial, models equal)."""
+    keywords = {"imsize": [64, 64], "start": "1.4128GHz", "width": "24.4140625kHz", "nchan": 12, "niter": 40}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2, "channels_per_task": 3})
+    result = run_cli("submit", "--site", "local", cube, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not one data channel each" in result.stderr and "iteration = 'per-chunk'" in result.stderr
+    assert not (tmp_path / "cube.hpcrun").exists()
+
+
 def test_perchanweightdensity_false_chunks_equal_serial_at_niter_0(tmp_path, ngc5921_ms, serial_tclean):
     """One density over all selected data: tclean weights before narrowing the selection to the image's
     channels, so every chunk (one of them a single channel) gets the whole cube's weights."""

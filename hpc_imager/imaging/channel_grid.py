@@ -65,6 +65,24 @@ class ChannelGrid:
     # Centre frequency (Hz, in ``frame``) of every output channel as CASA resolved it; preflight compares
     # them with the selected data's.
     frequencies: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    # Centre frequency (Hz, in ``frame``) of every selected data channel (preflight fills it in).
+    data_frequencies: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def channels_between_data_channels(self) -> list[int]:
+        """Output channels that are not one data channel each (a centre off every data channel's, or
+        a width other than the data's): tclean interpolates their data from neighbouring channels,
+        and its major cycle predicts a data channel from the model planes on both sides of it."""
+        if self.kind == "channel" or len(self.data_frequencies) < 2 or not self.frequencies:
+            return []
+        step = abs(self.data_frequencies[1] - self.data_frequencies[0])
+        same_width = len(self.frequencies) < 2 or abs(abs(self.frequencies[1] - self.frequencies[0]) - step) <= 1e-6 * step
+        return [i for i, f in enumerate(self.frequencies)
+                if not same_width or min(abs(f - d) for d in self.data_frequencies) > 1e-3 * step]
+
+    @property
+    def guards_single_channels(self) -> bool:
+        """A one-channel chunk of this grid is imaged with a guard channel (see the module docstring)."""
+        return self.kind != "channel"
 
     @property
     def linear(self) -> bool:
@@ -86,7 +104,7 @@ class ChannelGrid:
         out = []
         for index, first in enumerate(range(0, self.nchan, channels_per_task)):
             nchan = min(channels_per_task, self.nchan - first)
-            guard = 1 if nchan == 1 and self.kind != "channel" else 0
+            guard = 1 if nchan == 1 and self.guards_single_channels else 0
             out.append(Chunk(index, first, nchan, self._start_of(first), self._width(), guard))
         return out
 

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
-from .channel_grid import Chunk
+from .channel_grid import ChannelGrid, Chunk
 
 # The stop codes' meanings, as imager_base.PySynthesisImager.getStopDescription gives them.
 STOP_REASONS = {
@@ -211,8 +211,18 @@ class IterationRefused(UserError):
     """Whole-cube iteration cannot reproduce serial tclean for this cube."""
 
 
-def cube_iteration_refusal(tclean: dict, chunks: list[Chunk]) -> None:
+def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid | None = None) -> None:
     """Refuse, before imaging, what whole-cube iteration cannot make equal to serial tclean."""
+    between = grid.channels_between_data_channels() if grid is not None and len(chunks) > 1 else []
+    if between:
+        step = abs(grid.data_frequencies[1] - grid.data_frequencies[0])
+        nearest = min(grid.data_frequencies, key=lambda d: abs(d - grid.frequencies[0]))
+        raise IterationRefused(
+            f"output channels given by start={tclean['start']!r}, width={tclean['width']!r} are not one data"
+            " channel each, and serial tclean's major cycle predicts each data channel from the model planes"
+            " on both sides of it, which a chunk cannot see (measured: 6 % of the plane peak apart); give"
+            f" start on a data channel (the nearest is {nearest!r}Hz) with width={step!r}Hz, or use"
+            " [parallel] iteration = 'per-chunk' (not equal to serial) or channels_per_task >= nchan")
     if tclean["usemask"] == "auto-multithresh":
         raise IterationRefused(
             "usemask='auto-multithresh' keeps per-channel state between cycles inside serial tclean's"

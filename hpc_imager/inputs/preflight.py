@@ -11,6 +11,7 @@ loaded), and hand that grid on so the driver does not ask CASA again.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -64,12 +65,14 @@ def _check(spec: CubeSpec) -> ChannelGrid:
     if tclean.selectdata:
         _check_selection(tclean, vis)
     grid = _resolve(tclean)
-    if not spec.run.allow_blank_channels and grid.frequencies:
-        # The data's range is what tclean images with nchan=-1 and the default start and width: the
-        # selected channels in the cube's own frame, from the same CASA code that makes the grid.
+    if grid.frequencies:
+        # The data's channels are what tclean images with nchan=-1 and the default start and width:
+        # the selected channels in the cube's own frame, from the same CASA code that makes the grid.
         data_axis, data_nchan = spectral_axis(tclean.model_copy(update={"start": "", "width": "", "nchan": -1}))
-        _check_start_within_data(tclean, grid, vis[0], data_axis)
-        _check_channels_within_data(tclean, grid, channel_frequencies(data_axis, data_nchan))
+        grid = dataclasses.replace(grid, data_frequencies=channel_frequencies(data_axis, data_nchan))
+        if not spec.run.allow_blank_channels:
+            _check_start_within_data(tclean, grid, vis[0], data_axis)
+            _check_channels_within_data(tclean, grid, grid.data_frequencies)
     return grid
 
 

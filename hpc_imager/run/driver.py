@@ -123,11 +123,11 @@ def image_cube(
 
     grid = check_cube(spec)  # before any worker starts: every mistake tclean would make is one line now
     facts = cube_facts(spec)
-    spec = with_channels_per_task(spec, site, grid.nchan, facts, previous=_started_with(run_dir, resume))
+    spec = with_channels_per_task(spec, site, grid, facts, previous=_started_with(run_dir, resume))
     chunks = grid.chunks(spec.parallel.channels_per_task)
     weighting_refusal(spec.tclean.model_dump(), chunks)
     if spec.iteration == "cube":
-        cube_iteration_refusal(spec.tclean.model_dump(), chunks)
+        cube_iteration_refusal(spec.tclean.model_dump(), chunks, grid)
     estimate = estimate_task(spec, site, facts)
     plan = make_plan(spec, site, estimate, len(chunks))
     identity = {

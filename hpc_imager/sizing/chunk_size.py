@@ -10,7 +10,10 @@ tasks. But equal task times are a model: with niter > 0 the channels with emissi
 failed task is imaged again whole, and progress and ETA need tasks to count. So every worker gets
 at least ``MIN_TASKS_PER_WORKER`` tasks (a judgement, not a measurement: a retry then costs at most
 a quarter of a worker's share), each task fits a worker's memory, and among the sizes left we take
-the smallest whose estimated run is within ``SLACK`` of the fastest.
+the smallest whose estimated run is within ``SLACK`` of the fastest. Where a one-channel chunk
+needs a guard channel (frequency or velocity grids), sizes that leave one are avoided when another
+is allowed: the guard is a second channel's work for one, and whole-cube iteration (the default
+at niter > 0) refuses such chunks.
 """
 
 from __future__ import annotations
@@ -37,13 +40,16 @@ def run_seconds(nchan: int, workers: int, channels_per_task: int, fixed: float, 
 
 
 def choose_channels_per_task(nchan: int, workers: int, fixed: float, per_channel: float,
-                             max_channels: int | None = None) -> int:
+                             max_channels: int | None = None, avoid_single_channel_chunks: bool = False) -> int:
     """The smallest channels_per_task within SLACK of the fastest, no larger than ``max_channels``
-    (what one worker's memory holds) nor than leaves each worker MIN_TASKS_PER_WORKER tasks."""
+    (what one worker's memory holds) nor than leaves each worker MIN_TASKS_PER_WORKER tasks; with
+    ``avoid_single_channel_chunks``, one that leaves no chunk of one channel where there is such a size."""
     if nchan < 1 or workers < 1:
         raise ValueError("nchan and workers must be at least 1")
     tasks_wanted = min(nchan, workers * MIN_TASKS_PER_WORKER)
     allowed = [c for c in range(1, min(max_channels or nchan, nchan) + 1) if math.ceil(nchan / c) >= tasks_wanted]
+    if avoid_single_channel_chunks and nchan > 1:
+        allowed = [c for c in allowed if c > 1 and nchan % c != 1] or allowed
     times = {c: run_seconds(nchan, workers, c, fixed, per_channel) for c in allowed or [1]}
     best = min(times.values())
     return min(c for c, t in times.items() if t <= best * (1 + SLACK))
@@ -56,11 +62,11 @@ def max_channels_in_memory(memory_per_worker_bytes: float, base_bytes: float, by
     return max(1, int((memory_per_worker_bytes - base_bytes) // bytes_per_channel))
 
 
-def with_channels_per_task(spec, site, nchan: int, facts=None, previous: int | None = None):
+def with_channels_per_task(spec, site, grid, facts=None, previous: int | None = None):
     """``spec`` with channels_per_task filled in when cube.toml left it out: ``previous`` (the value a
-    run being resumed was started with, so its chunks stay the same), else the choice above from the
-    site's calibrated task time (or this project's defaults), the plan's workers for one-channel
-    tasks, and the channels a worker's share of a node (memory / cores) can hold."""
+    run being resumed was started with, so its chunks stay the same), else the choice above for
+    ``grid``'s channels from the site's calibrated task time (or this project's defaults), the plan's
+    workers for one-channel tasks, and the channels a worker's share of a node (memory / cores) can hold."""
     from dask.utils import parse_bytes
 
     from .estimate import GIB, estimate_task
@@ -78,6 +84,7 @@ def with_channels_per_task(spec, site, nchan: int, facts=None, previous: int | N
     two = estimate_task(choosing(2), site, facts)  # the memory model's cost of one more channel
     per_channel_bytes = (two.task_peak_gib - one.task_peak_gib) * GIB
     base_bytes = one.task_peak_gib * GIB - per_channel_bytes
+    nchan = grid.nchan
     workers = make_plan(choosing(1), site, one, nchan).workers
     share = (site.node_memory_bytes - parse_bytes(site.job_memory_overhead)) / site.cores - parse_bytes(site.worker_base)
     calibration = site.calibration_for(spec.tclean.gridder, spec.tclean.deconvolver)
@@ -86,5 +93,6 @@ def with_channels_per_task(spec, site, nchan: int, facts=None, previous: int | N
     else:
         fixed, per_megapixel = DEFAULT_FIXED_SECONDS, DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL
     chosen = choose_channels_per_task(nchan, workers, fixed, per_megapixel * one.pixels / 1e6,
-                                      max_channels_in_memory(share, base_bytes, per_channel_bytes))
+                                      max_channels_in_memory(share, base_bytes, per_channel_bytes),
+                                      avoid_single_channel_chunks=grid.guards_single_channels)
     return choosing(chosen)
