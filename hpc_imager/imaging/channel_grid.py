@@ -20,12 +20,16 @@ with one guard channel after it, which the worker trims off.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..inputs.cube_spec import TcleanParams
 
 GridKind = Literal["channel", "velocity", "frequency"]
+# tclean's keyword names that CASA's ImagerParameters spells differently (task_tclean.py does the same).
+IMAGER_PARAMETER_NAMES = {"vis": "msname", "timerange": "timestr", "uvrange": "uvdist", "observation": "obs",
+                          "intent": "state", "gain": "loopgain", "smallscalebias": "scalebias"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,14 @@ class ChannelGrid:
         step = abs(self.data_frequencies[1] - self.data_frequencies[0])
         same_width = len(self.frequencies) < 2 or abs(abs(self.frequencies[1] - self.frequencies[0]) - step) <= 1e-6 * step
         return [i for i, f in enumerate(self.frequencies)
-                if not same_width or min(abs(f - d) for d in self.data_frequencies) > 1e-3 * step]
+                if not same_width or abs(f - self.nearest_data_frequency(f)) > 1e-3 * step]
+
+    def nearest_data_frequency(self, frequency: float) -> float:
+        """The selected data channel's centre closest to ``frequency`` (a bisection: cubes have
+        thousands of channels, and this runs before any worker starts)."""
+        data = sorted(self.data_frequencies)
+        i = bisect.bisect_left(data, frequency)
+        return min(data[max(i - 1, 0):i + 1], key=lambda d: abs(d - frequency))
 
     @property
     def guards_single_channels(self) -> bool:
@@ -140,12 +151,7 @@ def spectral_axis(tclean: TcleanParams) -> tuple[dict, int]:
     from casatasks.private.imagerhelpers.input_parameters import ImagerParameters
     from casatools import synthesisimager
 
-    params = tclean.model_dump()
-    params["msname"] = params.pop("vis")
-    renamed = {"timerange": "timestr", "uvrange": "uvdist", "observation": "obs", "intent": "state",
-               "gain": "loopgain", "smallscalebias": "scalebias"}
-    for old, new in renamed.items():
-        params[new] = params.pop(old)
+    params = {IMAGER_PARAMETER_NAMES.get(k, k): v for k, v in tclean.model_dump().items()}
     accepted = ImagerParameters.__init__.__code__.co_varnames[1:ImagerParameters.__init__.__code__.co_argcount]
     imager_params = ImagerParameters(**{k: v for k, v in params.items() if k in accepted})
     if not imager_params.checkParameters():

@@ -30,12 +30,8 @@ import time
 from pathlib import Path
 
 from . import casa_setup
-from .channel_grid import Chunk
+from .channel_grid import IMAGER_PARAMETER_NAMES, Chunk
 from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss
-
-# tclean's keyword names that ImagerParameters spells differently (task_tclean.py does the same).
-_RENAMED = {"vis": "msname", "timerange": "timestr", "uvrange": "uvdist", "observation": "obs",
-            "intent": "state", "gain": "loopgain", "smallscalebias": "scalebias"}
 
 
 def chunk_dir(run_dir: Path, chunk: Chunk) -> Path:
@@ -50,7 +46,7 @@ def imager_parameters(tclean_params: dict, imagename: str):
     """ImagerParameters exactly as task_tclean builds them from its keywords."""
     from casatasks.private.imagerhelpers.input_parameters import ImagerParameters
 
-    given = {_RENAMED.get(k, k): v for k, v in tclean_params.items()}
+    given = {IMAGER_PARAMETER_NAMES.get(k, k): v for k, v in tclean_params.items()}
     given["imagename"] = imagename
     given["chanchunks"] = 1
     names = ImagerParameters.__init__.__code__.co_varnames[1:]

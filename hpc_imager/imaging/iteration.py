@@ -216,7 +216,7 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
     between = grid.channels_between_data_channels() if grid is not None and len(chunks) > 1 else []
     if between:
         step = abs(grid.data_frequencies[1] - grid.data_frequencies[0])
-        nearest = min(grid.data_frequencies, key=lambda d: abs(d - grid.frequencies[0]))
+        nearest = grid.nearest_data_frequency(grid.frequencies[0])
         raise IterationRefused(
             f"output channels given by start={tclean['start']!r}, width={tclean['width']!r} are not one data"
             " channel each, and serial tclean's major cycle predicts each data channel from the model planes"
