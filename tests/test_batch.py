@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from conftest import assert_same_cube, run_cli, write_cube_toml
@@ -81,6 +82,22 @@ def wait_until_done(driver: subprocess.Popen, run_dir: Path, chunks: int) -> Non
         time.sleep(0.2)
 
 
+def cancel_a_job_mid_run(driver: subprocess.Popen, wait: Callable[[], None], jobs: int, timeout: float) -> str:
+    """After ``wait()``, scancel the first of the run's ``jobs`` Slurm jobs and let the driver finish
+    (it must succeed); the cancelled job's id."""
+    try:
+        wait()
+        running = our_slurm_jobs()
+        assert len(running) == jobs
+        subprocess.run(["scancel", running[0]], check=True)
+        _, stderr = driver.communicate(timeout=timeout)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    return running[0]
+
+
 def single_worker_jobs(site: Path, tmp_path: Path) -> Path:
     """The same site with one worker per job, so a run has several jobs to lose."""
     copy = tmp_path / f"{site.stem}-1.toml"
@@ -139,19 +156,10 @@ def test_slurm_worker_job_cancelled_mid_run_is_replaced_and_the_cube_completes(w
     run_dir = tmp_path / "cube.hpcrun"
     site = single_worker_jobs(slurm, tmp_path) if workers_per_job == 1 else slurm
     driver = start_driver(site, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_done(driver, run_dir, 3)
-        jobs = our_slurm_jobs()
-        assert len(jobs) == 2 // workers_per_job
-        subprocess.run(["scancel", jobs[0]], check=True)
-        _, stderr = driver.communicate(timeout=400)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 0, stderr
+    cancelled = cancel_a_job_mid_run(driver, lambda: wait_until_done(driver, run_dir, 3), 2 // workers_per_job, 400)
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
     job_logs = {p.stem for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
-    assert len(job_logs) > 2 // workers_per_job, f"a replacement job was submitted after scancel {jobs[0]}: {job_logs}"
+    assert len(job_logs) > 2 // workers_per_job, f"a replacement job was submitted after scancel {cancelled}: {job_logs}"
     assert_no_job_left()
 
 
@@ -274,26 +282,21 @@ def test_slurm_whole_cube_iteration_worker_job_cancelled_mid_cycles(slurm, tmp_p
     run_dir = tmp_path / "cube.hpcrun"
     driver = start_driver(single_worker_jobs(slurm, tmp_path), cube, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-    try:
+
+    def an_iteration_step_finished():
         deadline = time.time() + 300
         while '"iteration step"' not in ((run_dir / "journal.jsonl").read_text()
                                          if (run_dir / "journal.jsonl").exists() else ""):
             assert driver.poll() is None and time.time() < deadline, "no iteration step finished"
             time.sleep(0.2)
-        jobs = our_slurm_jobs()
-        assert len(jobs) == 2
-        subprocess.run(["scancel", jobs[0]], check=True)
-        _, stderr = driver.communicate(timeout=600)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 0, stderr
+
+    cancelled = cancel_a_job_mid_run(driver, an_iteration_step_finished, 2, 600)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["iteration"] == "cube" and report["iteration_summary"]["iterdone"] > 0
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
                      products=("image", "residual", "model", "psf", "pb", "sumwt"))
     job_logs = {p.stem for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
-    assert len(job_logs) > 2, f"a replacement job was submitted after scancel {jobs[0]}: {job_logs}"
+    assert len(job_logs) > 2, f"a replacement job was submitted after scancel {cancelled}: {job_logs}"
     assert_no_job_left()
 
 
