@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import assert_same_cube, run_cli, write_cube_toml
+from conftest import assert_same_cube, assert_workers_ran_with_speed_environ, run_cli, write_cube_toml
 
 SITES = Path(__file__).with_name("sites")
 PBS_WRAPPERS = Path(os.environ.get("PBS_SHIM_DIR", "/tmp/local-hpc/pbs/bin"))
@@ -129,6 +129,7 @@ def test_cube_equals_serial(scheduler, request, tmp_path, ngc5921_ms, serial_ref
     assert f"site ci-{scheduler} ({scheduler}, shared)" in result.stderr
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
     assert list((tmp_path / "cube.hpcrun" / "logs" / "jobs").iterdir()), "job logs in the run directory"
+    assert_workers_ran_with_speed_environ(json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text()))
     assert_no_job_left(scheduler)
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_close, assert_same_cube, read_cube, run_cli, write_cube_toml
+from conftest import (
+    assert_close,
+    assert_same_cube,
+    assert_workers_ran_with_speed_environ,
+    read_cube,
+    run_cli,
+    write_cube_toml,
+)
 
 pytestmark = pytest.mark.casa
 
@@ -36,6 +43,7 @@ def test_cube_equals_serial_tclean(case, tmp_path, ngc5921_ms, serial_reference)
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
     report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
     assert report["status"] == "complete" and report["workers"] == 2
+    assert_workers_ran_with_speed_environ(report)
     nchan = report["nchan"]
     assert report["chunks"] == -(-nchan // channels_per_task)
     assert not (tmp_path / "cube.hpcrun" / "parts").exists(), "parts are removed once the cube is assembled"

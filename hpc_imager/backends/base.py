@@ -30,6 +30,22 @@ WORKER_MEMORY_CONFIG = {
     "distributed.worker.memory.terminate": TERMINATE_FRACTION,
 }
 
+# Environment variables distributed's nanny sets before it starts a worker process, which hpc_imager
+# leaves unset. MALLOC_TRIM_THRESHOLD_=65536 (dask's default, so freed memory goes back to the OS at
+# once) also turns off glibc's adaptive mmap threshold: every image-sized buffer CASA allocates is then
+# a fresh mmap, faulted in page by page and unmapped again. Measured on NGC5921 1024², 63 channels in
+# 8 tasks, 2 workers (4 paired runs): system time 30.6 s → 21.0 s, the run 12 % faster, peak RSS +1 %.
+# image_chunk gives freed memory back with malloc_trim after each task instead.
+WORKER_ENVIRON_UNSET = ("MALLOC_TRIM_THRESHOLD_",)
+
+
+def worker_process_config() -> dict:
+    """The dask configuration every worker's nanny runs with: the memory thresholds above, and the
+    nanny's pre-spawn environment without WORKER_ENVIRON_UNSET (its other entries, one OpenMP thread
+    per worker among them, stay)."""
+    unset = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in WORKER_ENVIRON_UNSET}
+    return {**WORKER_MEMORY_CONFIG, **unset}
+
 # A task whose worker died under it twice is handed back to the driver, which retries it, or retries
 # it with more memory when the logs say memory killed it, instead of dask trying it on and on.
 # distributed's own reaping of lost jobs is off: it misses jobs of several workers and can close a

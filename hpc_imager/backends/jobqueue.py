@@ -3,7 +3,7 @@
 dask-jobqueue's cluster classes render and submit every worker job; a scheduler's module says only
 which class, which memory and exclusivity directives (asked of the plan), and how its driver
 wrapper is written. What every worker needs whatever the scheduler (offline CASA, dask's memory
-thresholds for CASA) is exported by the job script's prologue.
+thresholds for CASA, the worker process's environment) is exported by the job script's prologue.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tornado.ioloop import PeriodicCallback
 from ..imaging import casa_setup
 from ..inputs.site_profile import walltime_seconds
 from ..run.security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
-from .base import WORKER_MEMORY_CONFIG, Backend
+from .base import Backend, worker_process_config
 
 JOB_TEMPLATES = Path(__file__).parents[1] / "jobs"
 DRIVER_MEMORY_MIB = 4096  # the driver job: the dask scheduler and the final concatenation
@@ -46,13 +46,30 @@ def _env_name(key: str) -> str:
     return "DASK_" + key.upper().replace(".", "__").replace("-", "_")
 
 
+def config_exports(config: dict) -> list[str]:
+    """``config`` as the DASK_* variables a worker's dask reads at import. dask lower-cases the names
+    of such variables, so the keys of an environment mapping (MALLOC_TRIM_THRESHOLD_) go inside one
+    variable's value, a Python literal that dask merges into the mapping."""
+    mappings: dict[str, dict] = {}
+    lines = []
+    for key, value in config.items():
+        parent, _, name = key.rpartition(".")
+        if name != name.lower():
+            mappings.setdefault(parent, {})[name] = value
+        else:
+            lines.append(f"export {_env_name(key)}={value}")
+    for parent, mapping in mappings.items():
+        literal = "{" + ", ".join(f'"{name}": {value!r}' for name, value in mapping.items()) + "}"
+        lines.append(f"export {_env_name(parent)}={shlex.quote(literal)}")
+    return lines
+
+
 def worker_prologue(site) -> list[str]:
-    """Shell lines before every batch worker: the site's, then offline CASA and dask's memory policy."""
+    """Shell lines before every batch worker: the site's, then offline CASA and the workers' dask configuration."""
     lines = list(site.prologue)
     if site.casa_data:
         lines.append(f"export {casa_setup.DATA_ENV}={shlex.quote(site.casa_data)}")
-    lines += [f"export {_env_name(k)}={v}" for k, v in WORKER_MEMORY_CONFIG.items()]
-    return lines
+    return lines + config_exports(worker_process_config())
 
 
 def _lifetime_args(walltime: str) -> list[str]:

@@ -11,7 +11,7 @@ import dask
 
 from ..imaging import casa_setup
 from ..inputs.site_profile import SiteError
-from .base import WORKER_MEMORY_CONFIG, Backend
+from .base import Backend, worker_process_config
 
 
 class LocalBackend(Backend):
@@ -25,7 +25,7 @@ class LocalBackend(Backend):
         from distributed import Client, LocalCluster
 
         casa_setup.configure_offline()  # workers inherit CASASITECONFIG from this process
-        with dask.config.set(WORKER_MEMORY_CONFIG), LocalCluster(
+        with dask.config.set(worker_process_config()), LocalCluster(
             n_workers=plan.workers,
             threads_per_worker=plan.threads_per_worker,
             processes=True,

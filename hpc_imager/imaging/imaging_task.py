@@ -26,6 +26,10 @@ from .task_timings import tclean_step_seconds
 # Products tclean makes for every cube (others, such as .mask or .image.pbcor, only when asked).
 REQUIRED_PRODUCTS = ("image", "residual", "model", "psf", "pb", "sumwt")
 
+# The worker's environment that sets how fast CASA runs (its OpenMP threads; glibc's allocator, see
+# backends/base.py WORKER_ENVIRON_UNSET), recorded with each chunk's timings.
+SPEED_ENVIRON = ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
 # Test hook: "3:1,5:always" makes chunk 3 fail on its first attempt and chunk 5 on every attempt.
 FAULT_ENV = "HPC_IMAGER_FAIL_CHUNKS"
 
@@ -165,4 +169,5 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
         "finish_seconds": time.time() - finishing,  # trimming guard channels, moving the part into place
         "peak_rss_bytes": peak,
         "rss_after_bytes": psutil.Process().memory_info().rss,
+        "worker_environ": {name: os.environ.get(name) for name in SPEED_ENVIRON},
     }
