@@ -171,6 +171,23 @@ def test_default_chunks_of_a_frequency_grid_leave_no_one_channel_chunk(tmp_path,
     assert_same_return(report["iteration_summary"], returned)
 
 
+@pytest.mark.parametrize("keywords, products", [
+    ({"restoringbeam": "common"}, ("image", "residual", "model")),
+    ({"pbcor": True}, ("image", "image.pbcor", "residual", "model")),
+], ids=["restoringbeam common", "pbcor"])
+def test_cube_iteration_through_the_cli_restores_as_serial(keywords, products, tmp_path, ngc5921_ms, serial_tclean):
+    """Restoration after the cube's last cycle: one common beam chosen over all channels (restored
+    again over the assembled cube), or the primary-beam-corrected image, equal to serial's."""
+    keywords = dict(SMALL, niter=200, cycleniter=40, **keywords)
+    cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2, "channels_per_task": 2})
+    run_cli("submit", "--site", "local", cube, cwd=tmp_path)
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    serial, returned = serial_tclean(**keywords)
+    assert report["iteration"] == "cube" and returned["iterdone"] > 0
+    assert_same_cube(str(tmp_path / "cube"), serial, products)
+    assert_same_return(report["iteration_summary"], returned)
+
+
 def test_channels_between_the_datas_are_refused_in_whole_cube_iteration(tmp_path, ngc5921_ms):
     """1.4128 GHz lies between two data channels: serial's major cycle predicts each data channel from
     the model planes on both sides of it (measured with the refusal lifted, 12 channels in chunks of 3:
