@@ -5,7 +5,8 @@ Each row runs in a FRESH process that imports what a dask worker imports and the
 a worker reports. The matrix varies one factor at a time around a few base points (NGC5921 and
 simulated VLA D-configuration cubes and mosaics from ``hpc_imager.simulated_ms``), plus a few
 combinations; results go to ``benchmarks/results/memory_matrix.json`` (rows already there are
-skipped: the script resumes).
+skipped: the script resumes). A row runs with CASA's own OpenMP threads (one per core) unless it sets
+``omp_threads`` (a dask worker runs one): w-projection allocates a work screen per thread.
 
 Safety on a shared machine: a row whose estimate (the model in hpc_imager/sizing/estimate.py) is over
 ``--max-gib`` (default 9) is skipped, a watchdog kills a row whose resident memory passes it
@@ -62,7 +63,7 @@ def _row(name: str, **settings) -> dict:
     row = {"data": "ngc5921", "field": "", "cell": "15arcsec", "phasecenter": "", "imsize": 1024, "nchan": 4,
            "gridder": "standard", "wprojplanes": 1, "facets": 1, "deconvolver": "hogbom", "scales": [],
            "usemask": "user", "pbmask": 0.0, "weighting": "natural", "niter": 0, "stokes": "I",
-           "savemodel": "none"}
+           "savemodel": "none", "omp_threads": 0}
     row.update(NGC)
     if settings.get("data", "ngc5921") != "ngc5921":
         row.update(SIM, field="")
@@ -96,7 +97,7 @@ def design() -> list[dict]:
     decons = {"hogbom": [], "clark": [], "multiscale3": [0, 5, 15], "multiscale4": [0, 5, 15, 45], "mem": []}
     for tag, scales in decons.items():
         rows.append(_row(f"{tag}-1024-4", niter=NITER, deconvolver=tag.rstrip("34"), scales=scales))
-    for tag in ("hogbom", "multiscale3"):
+    for tag in ("hogbom", "multiscale3", "multiscale4"):
         rows.append(_row(f"{tag}-2048-1", imsize=2048, nchan=1, niter=NITER, deconvolver=tag.rstrip("34"),
                          scales=decons[tag]))
     rows += [_row("multiscale3-4096-1", imsize=4096, nchan=1, niter=NITER, deconvolver="multiscale",
@@ -115,6 +116,16 @@ def design() -> list[dict]:
                                   (1024, 4, -1), (2048, 1, 64), (2048, 1, -1), (4096, 1, 16), (4096, 1, -1)):
         rows.append(_row(f"wproject{planes}-{imsize}-{nchan}", imsize=imsize, nchan=nchan, gridder="wproject",
                          wprojplanes=planes))
+    # ... and what WPConvFunc's buffers overlap with: more channels, a larger image, weighting and a
+    # minor cycle at the same planes; one OpenMP thread (a dask worker's) against CASA's default.
+    rows += [_row("wproject16-2048-4", imsize=2048, gridder="wproject", wprojplanes=16),
+             _row("wproject64-2048-4", imsize=2048, gridder="wproject", wprojplanes=64),
+             _row("wproject-1-2048-4", imsize=2048, gridder="wproject", wprojplanes=-1),
+             _row("wproject16-4096-4", imsize=4096, gridder="wproject", wprojplanes=16),
+             _row("wproject64-briggs-hogbom-2048-4", imsize=2048, gridder="wproject", wprojplanes=64,
+                  weighting="briggs", niter=NITER),
+             _row("wproject16-4096-1-omp1", imsize=4096, nchan=1, gridder="wproject", wprojplanes=16, omp_threads=1),
+             _row("std-2048-4-omp1", imsize=2048, omp_threads=1)]
     for facets, planes in ((2, 16), (4, 16)):
         rows.append(_row(f"widefield-f{facets}-w{planes}-1024-4", gridder="widefield", facets=facets,
                          wprojplanes=planes))
@@ -151,7 +162,8 @@ def shape_of(row: dict, work: Path = DEFAULT_WORK) -> TaskShape:
         channels=row["nchan"], cell_rad=math.radians(float(row["cell"].removesuffix("arcsec")) / 3600),
         gridder=row["gridder"], wprojplanes=row["wprojplanes"], facets=row["facets"],
         deconvolver=row["deconvolver"], scales=len(row["scales"]) or 1, niter=row["niter"], usemask=row["usemask"],
-        weighting=row["weighting"], ms=_FACTS[key], casa_memory_bytes=psutil.virtual_memory().total)
+        weighting=row["weighting"], ms=_FACTS[key], casa_memory_bytes=psutil.virtual_memory().total,
+        omp_threads=row.get("omp_threads") or os.cpu_count())
 
 
 def tclean_params(row: dict, vis: Path) -> dict:
@@ -200,8 +212,11 @@ def run_row(row: dict, work: Path, max_bytes: int, timeout: float) -> dict:
         shutil.copytree(vis, copy)
         vis = copy
     job = {"row": row, "params": tclean_params(row, vis), "run_dir": str(run_dir)}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if row.get("omp_threads"):
+        env["OMP_NUM_THREADS"] = str(row["omp_threads"])
     process = subprocess.Popen([sys.executable, __file__, "child", json.dumps(job)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                               stderr=subprocess.STDOUT, text=True, env=env)
     watched, over, started = psutil.Process(process.pid), False, time.time()
     while process.poll() is None:
         try:
@@ -291,7 +306,7 @@ def run(args) -> None:
 def report(args) -> None:
     """Every measured row: measured, the model's estimate (hpc_imager/sizing/estimate.py's constants), and
     the estimate of terms fitted without that row (leave-one-out); the refitted constants."""
-    from hpc_imager.sizing.estimate import MEMORY_TERMS, fit_memory_terms, leave_one_out
+    from hpc_imager.sizing.estimate import MEMORY_TERMS, fit_memory_terms, leave_one_out, peak_phase
 
     casa_setup.configure_offline()
     work = Path(args.work)
@@ -311,16 +326,20 @@ def report(args) -> None:
             print(f"  {name:18s} {value:14.4g}   (estimate.py: {MEMORY_TERMS[name]:.4g})")
     loo = leave_one_out(samples)
     if args.markdown:
-        print("\n| row | measured GiB | estimate GiB | estimate/measured | leave-one-out |\n|---|---|---|---|---|")
+        print("\n| row | measured GiB | estimate GiB | peak moment | estimate/measured | leave-one-out |\n"
+              "|---|---|---|---|---|---|")
     else:
-        print(f"\n{'row':46s} {'measured':>9s} {'estimate':>9s} {'ratio':>6s} {'LOO':>6s}  (GiB)")
+        print(f"\n{'row':46s} {'measured':>9s} {'estimate':>9s} {'moment':>11s} {'ratio':>6s} {'LOO':>6s}  (GiB)")
     for (shape, peak, name), loo_ratio in zip(rows, loo):
         estimate = task_peak_bytes(shape)
+        moment = peak_phase(shape)[0]
         flag = "" if 0.95 <= loo_ratio <= 1.20 else "  <-- outside 0.95…1.20"
         if args.markdown:
-            print(f"| {name} | {peak / GIB:.2f} | {estimate / GIB:.2f} | {estimate / peak:.2f} | {loo_ratio:.2f} |")
+            print(f"| {name} | {peak / GIB:.2f} | {estimate / GIB:.2f} | {moment} | {estimate / peak:.2f} | "
+                  f"{loo_ratio:.2f} |")
         else:
-            print(f"{name:46s} {peak / GIB:9.2f} {estimate / GIB:9.2f} {estimate / peak:6.2f} {loo_ratio:6.2f}{flag}")
+            print(f"{name:46s} {peak / GIB:9.2f} {estimate / GIB:9.2f} {moment:>11s} {estimate / peak:6.2f} "
+                  f"{loo_ratio:6.2f}{flag}")
     low, high = min(loo), max(loo)
     print(f"\n{len(rows)} rows; leave-one-out ratios {low:.2f} … {high:.2f}")
     skipped = {name: r["status"] for name, r in load_results().items() if r["status"] != "ok"}

@@ -2,7 +2,20 @@
 
 The default model is a sum of terms, each a measured constant times a quantity tclean's own code
 allocates in proportion to (``benchmarks/memory_matrix.py`` measured them; docs/memory-policy.md
-has the table):
+has the table). A task's peak is the largest of its moments (``memory_phases``), not the sum of all
+terms: some of CASA's big buffers are freed before others are filled.
+
+* ``gridding``: every task: the gridder's buffers and what the other moments keep.
+* ``w_kernels`` (wproject, widefield): WPConvFunc computing the w-projection kernels with full-size
+  work buffers, before the gridder's own are filled: ``base``, ``wproject_cf`` with its work buffers
+  and ``w_kernels_cube``. Measured: wproject16-2048-4 peaked where std-2048-4 did (1.08 GiB);
+  4 channels, Briggs and Clark (combo-wproject-1-briggs-clark-2048-4, 1.97 GiB) added 0.07 GiB to
+  wproject-1-2048-1 (1 channel, natural, no minor cycle), where they add 0.9 GiB to a standard task,
+  and Briggs and Clark alone nothing (wproject-1-2048-4, 1.99 GiB).
+* ``multiscale`` (multiscale, niter > 0): the minor cycle's scale images, once the gridder's
+  buffers are gone: ``base``, ``weight_density``, ``minor_cycle``, ``multiscale_scale`` and what
+  the gridder keeps. Measured: 3 scales added 0.42 GiB to hogbom-2048-1 (one 2048² channel) but
+  0.004 to hogbom-1024-4 and 0.017 to hogbom-1024-16, whose gridding moment is the larger.
 
 * ``base``: the interpreter, casatools and dask in the worker.
 * ``image_cube``: per pixel × Stokes plane × channel of the chunk: the gridder's complex grids,
@@ -10,18 +23,26 @@ has the table):
 * ``weight_density``: per pixel × channel for any weighting but natural: the weight-density grid
   (one per channel, ``perchanweightdensity``).
 * ``minor_cycle``: per pixel × Stokes plane when ``niter > 0``: the deconvolver works one channel at
-  a time and keeps residual, psf, model and mask planes; ``multiscale_scale`` adds per scale
-  (the smoothed residuals and scale-PSF cross terms); ``mem`` its own work planes; ``automask``
-  auto-multithresh's work planes.
+  a time and keeps residual, psf, model and mask planes; ``multiscale_scale`` per scale (the
+  smoothed residuals and scale-PSF cross terms, in the ``multiscale`` moment); ``mem`` its own work
+  planes; ``automask`` auto-multithresh's work planes.
 * ``mosaic_screens``: once per task for the mosaic gridder: SimplePBConvFunc's primary-beam
   screens and work images. Measured here about the same (≈ 2.7 GiB) for a 192², 512² and 1024²
   image: casacore keeps such an image in memory only when it fits in half the memory free on the
   node and moves it to disk (keeping a tile cache) otherwise, so this term follows the NODE's free
   memory more than the image: the probe measures it.
-* ``wproject_cf``: w-projection's convolution function cube as WPConvFunc allocates it:
-  8 B × (min(1.2 nx, cap) / 2)² × planes, where ``planes`` is ``wprojplanes`` or, for -1,
-  1.05 × max w (wavelengths) × sin(cell × nx / 2), and CASA caps the cube at a quarter of the
-  memory it sees on the node (HostInfo::memoryTotal): the term grows with the NODE, not the task.
+* ``wproject_cf``: bytes WPConvFunc (CASA 6.7) allocates for the w-projection kernels, ``planes``
+  of them (``wprojplanes`` or, for -1, 1.05 × max w (wavelengths) × sin(cell × nx / 2)). In both
+  phases the kernels it keeps, trimmed to the support of the largest w: 8 B × (4 (support + 2) − 1)²
+  × planes. While it computes them (``w_kernels``) also its work buffers, sized by the padded side
+  cs (the even 2-3-5 composite above 1.2 nx): FFTPack's table and a first screen (16 B × cs²), a
+  screen and an FFT work array per OpenMP thread (16 B × cs² each), and one chunk of at most 100
+  planes of the untrimmed cube (2 B × cs² a plane), fewer when 100 would not fit in a quarter of the
+  memory CASA sees on the node (HostInfo): that part grows with the NODE, not the task. Measured:
+  205 planes at 2048² peaked at 1.90 GiB, where the whole untrimmed cube alone is 2.4 GiB.
+* ``w_kernels_cube``: per pixel × Stokes plane × channel while WPConvFunc computes the kernels
+  (the channels' image stores that exist by then). Measured: 3 more 2048² channels added
+  0.09…0.15 GiB at 64 and 205 planes.
 
 A site's calibration (``hpc_imager calibrate``), fitted on its own workers, replaces the default
 for the gridder and deconvolver it was fitted for; a probe (one real chunk measured first) replaces
@@ -40,18 +61,20 @@ GIB = 2**30
 SPEED_OF_LIGHT = 299792458.0
 
 # Measured constants (bytes per unit of each term's quantity), fitted by benchmarks/memory_matrix.py
-# on 30 rows (benchmarks/results/memory_matrix.json, docs/memory-policy.md) and lifted so that no
-# row is under 0.97 of its measure. ``mem`` was not measured (too slow here): its seed value is kept.
+# on 45 rows (benchmarks/results/memory_matrix.json, docs/memory-policy.md) and lifted so that no
+# row is under FIT_FLOOR (0.97) of its measure. ``mem`` was not measured (too slow here): its seed
+# value is kept. ``wproject_cf`` counts bytes CASA allocates: its fit near 1 says the buffers are right.
 MEMORY_TERMS: dict[str, float] = {
-    "base": 0.3959 * GIB,
-    "image_cube": 48.08,
-    "weight_density": 12.85,
-    "minor_cycle": 37.45,
-    "multiscale_scale": 27.27,
+    "base": 0.3729 * GIB,
+    "image_cube": 43.99,
+    "weight_density": 12.22,
+    "minor_cycle": 31.86,
+    "multiscale_scale": 50.95,
     "mem": 40.0,
-    "automask": 34.37,
-    "mosaic_screens": 2.901 * GIB,
-    "wproject_cf": 0.6147,
+    "automask": 32.73,
+    "mosaic_screens": 2.691 * GIB,
+    "wproject_cf": 0.9505,
+    "w_kernels_cube": 10.45,
 }
 # Each term's quantity, for the docs and the benchmark's table.
 TERM_UNITS = {
@@ -59,11 +82,12 @@ TERM_UNITS = {
     "image_cube": "pixel × Stokes × channel",
     "weight_density": "pixel × channel (weighting other than natural)",
     "minor_cycle": "pixel × Stokes (niter > 0)",
-    "multiscale_scale": "pixel × Stokes × scale (multiscale, niter > 0)",
+    "multiscale_scale": "pixel × Stokes × scale (multiscale, niter > 0; its own moment)",
     "mem": "pixel × Stokes (mem, niter > 0)",
     "automask": "pixel × Stokes × channel (auto-multithresh, niter > 0)",
     "mosaic_screens": "1 (mosaic)",
-    "wproject_cf": "byte of WPConvFunc's convolution-function cube (wproject, widefield)",
+    "wproject_cf": "byte WPConvFunc holds: kernels kept, its work buffers while it computes them (wproject, widefield)",
+    "w_kernels_cube": "pixel × Stokes × channel (while WPConvFunc computes the kernels)",
 }
 WEIGHTINGS_WITH_DENSITY = ("briggs", "briggsabs", "briggsbwtaper", "uniform", "superuniform")
 
@@ -94,6 +118,7 @@ class TaskShape:
     weighting: str = "natural"
     ms: MsFacts = field(default_factory=MsFacts)
     casa_memory_bytes: int = 0  # memory CASA sees on the node (w-projection caps its cache at 1/4 of it)
+    omp_threads: int = 1  # OpenMP threads CASA runs (a dask worker's nanny sets OMP_NUM_THREADS=1)
 
     @property
     def pixels(self) -> int:
@@ -107,39 +132,97 @@ class TaskShape:
         side = max(self.nx, self.ny) // self.facets
         return max(1, int(1.05 * self.ms.max_w_wavelengths * abs(math.sin(self.cell_rad * side / 2))))
 
-    def w_cf_bytes(self) -> float:
-        """WPConvFunc's convolution-function cube: 8 B × (min(1.2 n, cap) / 2)² × planes."""
-        planes = self.w_planes
-        if planes <= 1:
-            return 0.0
-        side = 1.2 * max(self.nx, self.ny) / self.facets
+    @property
+    def w_projecting(self) -> bool:
+        return self.gridder in ("wproject", "widefield") and self.w_planes > 1
+
+    @property
+    def w_padded_side(self) -> int:
+        """WPConvFunc's screen side: the even 2-3-5 composite above 1.2 × the (facet's) side."""
+        return next_even_composite(int(max(self.nx, self.ny) // self.facets * W_PADDING))
+
+    @property
+    def w_support(self) -> int:
+        """Kernel support (uv cells) at the largest w: 2.5 × 1.05 max w × sin²(cell × side / 2) + 5, which
+        follows the supports CASA logged for NGC5921 (15 at 1024², 41…49 at 2048², 167 at 4096²),
+        and at most WPConvFunc's own limit cs / 8 − 1."""
+        side = max(self.nx, self.ny) // self.facets
+        w = 1.05 * self.ms.max_w_wavelengths * math.sin(self.cell_rad * side / 2) ** 2
+        return min(int(2.5 * w) + 5, self.w_padded_side // 8 - 1)
+
+    def w_kept_bytes(self) -> float:
+        """The kernels WPConvFunc keeps for gridding: 8 B × (4 (support + 2) − 1)² × planes."""
+        return 8.0 * (4 * (self.w_support + 2) - 1) ** 2 * self.w_planes
+
+    def w_work_bytes(self) -> float:
+        """WPConvFunc's work buffers while it computes the kernels: FFTPack's table and a screen,
+        a screen and an FFT work array per thread, one chunk of the untrimmed cube (≤ 100 planes,
+        ≤ a quarter of the memory CASA sees, at least of 4000 MB)."""
+        side2 = float(self.w_padded_side) ** 2
+        chunk = min(self.w_planes, W_PLANES_PER_CHUNK)
         if self.casa_memory_bytes:
-            side = min(side, math.sqrt(self.casa_memory_bytes / 8 / planes))
-        return 8.0 * (side / 2) ** 2 * planes
+            chunk = min(chunk, max(1, int(max(self.casa_memory_bytes, W_MIN_MEMORY) / 8 / side2)))
+        return 16.0 * side2 * (1 + self.omp_threads) + 2.0 * side2 * chunk
 
 
+W_PADDING = 1.2  # tclean's default padding
+W_PLANES_PER_CHUNK = 100  # WPConvFunc computes at most this many untrimmed planes at a time
+W_MIN_MEMORY = 4000 * 2**20  # WPConvFunc assumes at least 4000 MB when it sizes its chunks
 
-def memory_features(shape: TaskShape) -> dict[str, float]:
-    """Each term's quantity for ``shape`` (multiplied by MEMORY_TERMS and summed)."""
+
+def next_even_composite(n: int) -> int:
+    """casacore's CompositeNumber::nextLargerEven: the first even number above n whose only prime
+    factors are 2, 3 and 5."""
+    value = n + 1 + (n + 1) % 2
+    while True:
+        rest = value
+        for factor in (2, 3, 5):
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return value
+        value += 2
+
+
+def memory_phases(shape: TaskShape) -> dict[str, dict[str, float]]:
+    """Each moment's term quantities for ``shape`` (multiplied by MEMORY_TERMS and summed, the peak
+    is the largest): ``gridding`` always, ``w_kernels`` when w-projection computes kernels,
+    ``multiscale`` for a multiscale minor cycle."""
     cube = shape.pixels * shape.stokes_planes * shape.channels
     plane = shape.pixels * shape.stokes_planes
-    mosaic = "mosaic" in shape.gridder
     deconvolving = shape.niter > 0
-    return {
+    kept = {
         "base": 1.0,
-        "image_cube": cube,
         "weight_density": shape.pixels * shape.channels if shape.weighting in WEIGHTINGS_WITH_DENSITY else 0.0,
         "minor_cycle": plane if deconvolving else 0.0,
-        "multiscale_scale": plane * shape.scales if deconvolving and shape.deconvolver in ("multiscale", "mtmfs") else 0.0,
+        "mosaic_screens": 1.0 if "mosaic" in shape.gridder else 0.0,
+        "wproject_cf": shape.w_kept_bytes() if shape.w_projecting else 0.0,
+    }
+    none = dict.fromkeys(MEMORY_TERMS, 0.0)
+    phases = {"gridding": none | kept | {
+        "image_cube": cube,
         "mem": plane if deconvolving and shape.deconvolver == "mem" else 0.0,
         "automask": cube if deconvolving and shape.usemask == "auto-multithresh" else 0.0,
-        "mosaic_screens": 1.0 if mosaic else 0.0,
-        "wproject_cf": shape.w_cf_bytes() if shape.gridder in ("wproject", "widefield") else 0.0,
-    }
+    }}
+    if shape.w_projecting:
+        phases["w_kernels"] = none | {"base": 1.0, "w_kernels_cube": cube,
+                                      "wproject_cf": kept["wproject_cf"] + shape.w_work_bytes()}
+    if deconvolving and shape.deconvolver in ("multiscale", "mtmfs"):
+        phases["multiscale"] = none | kept | {"multiscale_scale": plane * shape.scales}
+    return phases
+
+
+def _phase_bytes(quantities: dict[str, float], terms: dict[str, float]) -> float:
+    return sum(terms[name] * value for name, value in quantities.items())
+
+
+def peak_phase(shape: TaskShape, terms: dict[str, float] = MEMORY_TERMS) -> tuple[str, dict[str, float]]:
+    """The moment that sets ``shape``'s peak under ``terms``: its name and its term quantities."""
+    return max(memory_phases(shape).items(), key=lambda phase: _phase_bytes(phase[1], terms))
 
 
 def task_peak_bytes(shape: TaskShape, terms: dict[str, float] = MEMORY_TERMS) -> float:
-    return sum(terms[name] * value for name, value in memory_features(shape).items())
+    return _phase_bytes(peak_phase(shape, terms)[1], terms)
 
 
 # --- from a cube.toml and a site ------------------------------------------------------------------
@@ -236,7 +319,7 @@ def estimate_task(spec: CubeSpec, site: SiteProfile, facts: MsFacts | None = Non
             seconds = calibration.seconds_base + calibration.seconds_per_megapixel_channel * pixels * nchan / 1e6
         return TaskEstimate(peak, seconds, pixels, nchan, "calibration", {})
     shape = task_shape(spec, facts or MsFacts(), site.node_memory_bytes)
-    shares = {name: MEMORY_TERMS[name] * value / GIB for name, value in memory_features(shape).items() if value}
+    shares = {name: MEMORY_TERMS[name] * value / GIB for name, value in peak_phase(shape)[1].items() if value}
     return TaskEstimate(sum(shares.values()), None, pixels, nchan, "default", shares)
 
 
@@ -283,24 +366,44 @@ def memory_surprise(estimated_gib: float, measured_gib: float) -> str | None:
 
 
 FIT_FLOOR = 0.97
+FIT_ROUNDS = 20
 
 
-def fit_memory_terms(samples: list[tuple[TaskShape, float]]) -> dict[str, float]:
-    """Non-negative least squares of the terms on relative error (every row weighs the same),
-    then scaled so the lowest estimate/measured ratio is FIT_FLOOR: the target is 0.95…1.20 for
-    every row, and a shared site's limit adds ``memory_headroom`` (1.25) on top of the estimate."""
+def _fit_phases(chosen: list[dict[str, float]], peaks) -> dict[str, float]:
+    """Non-negative least squares of the terms on relative error, each row by its chosen phase."""
     import numpy as np
     from scipy.optimize import nnls
 
     names = list(MEMORY_TERMS)
-    features = np.array([[memory_features(s)[n] for n in names] for s, _ in samples], dtype=float)
-    peaks = np.array([p for _, p in samples], dtype=float)
+    features = np.array([[quantities[n] for n in names] for quantities in chosen], dtype=float)
     used = features.any(axis=0)
     scale = np.where(used, features.max(axis=0), 1.0)
     solution, _ = nnls(features[:, used] / scale[used] / peaks[:, None], np.ones(len(peaks)))
     constants = dict.fromkeys(names, 0.0)
     for name, value in zip([n for n, u in zip(names, used) if u], solution / scale[used]):
         constants[name] = float(value)
+    return constants
+
+
+def fit_memory_terms(samples: list[tuple[TaskShape, float]]) -> dict[str, float]:
+    """The terms fitted on every row weighing the same (relative error), then scaled so the lowest
+    estimate/measured ratio is FIT_FLOOR: the target is 0.95…1.20 for every row, and a shared site's
+    limit adds ``memory_headroom`` (1.25) on top of the estimate.
+
+    A row's peak is its largest phase, which depends on the constants: each row starts from the
+    phase MEMORY_TERMS picks, the terms are fitted on those phases, the phases picked again under
+    the fit, until no row changes phase (at most FIT_ROUNDS rounds)."""
+    import numpy as np
+
+    peaks = np.array([p for _, p in samples], dtype=float)
+    phases = [list(memory_phases(s).values()) for s, _ in samples]
+    constants, chosen = dict(MEMORY_TERMS), None
+    for _ in range(FIT_ROUNDS):
+        picked = [max(p, key=lambda quantities: _phase_bytes(quantities, constants)) for p in phases]
+        if picked == chosen:
+            break
+        chosen = picked
+        constants = _fit_phases(chosen, peaks)
     ratios = np.array([task_peak_bytes(s, constants) for s, _ in samples]) / peaks
     lift = FIT_FLOOR / ratios.min()
     return {name: value * lift for name, value in constants.items()}
