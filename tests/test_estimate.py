@@ -90,6 +90,10 @@ def test_terms_apply_only_where_tclean_allocates_them():
     assert cleaned["gridding"]["multiscale_scale"] == 0
     assert cleaned["multiscale"]["multiscale_scale"] == 3 * 512 * 512 * 4
     assert cleaned["multiscale"]["image_cube"] == 0  # the gridder's buffers are gone by then
+    # auto-multithresh's work planes are one channel's, whatever the chunk's channels
+    masked = memory_phases(TaskShape(nx=512, ny=512, stokes_planes=1, channels=16, niter=100,
+                                     usemask="auto-multithresh"))
+    assert masked["gridding"]["automask"] == 512 * 512
     mosaic = memory_phases(TaskShape(nx=512, ny=512, stokes_planes=1, channels=4, gridder="mosaic"))
     assert mosaic["gridding"]["mosaic_screens"] == 1
     # one w plane is no w-projection: no kernels, no moment of their own
