@@ -114,6 +114,28 @@ def _with_mask_total(record, scratch: Path) -> dict:
     return record
 
 
+# CASA's Briggs and uniform weighting per channel (BriggsCubeWeightor) writes the imaging weights it
+# computes into a table IMAGING_WEIGHT_<rows>_<frequencies>_<weighting> in the working directory and
+# reads them back from there while the table exists; the imager that made it deletes it when it
+# closes. Serial tclean's one imager computes them once; each step's fresh imager would compute them
+# again every cycle. So every step keeps a copy beside the chunk's images (after its major cycle,
+# while the imager is open) and puts it back before the next step's imager opens.
+_WEIGHT_TABLES = "IMAGING_WEIGHT_*"
+_KEPT_WEIGHTS = "kept-imaging-weights"
+
+
+def _keep_imaging_weights(scratch: Path) -> None:
+    for table in scratch.glob(_WEIGHT_TABLES):
+        if not (scratch / _KEPT_WEIGHTS / table.name).exists():
+            shutil.copytree(table, scratch / _KEPT_WEIGHTS / table.name)
+
+
+def _reuse_imaging_weights(scratch: Path) -> None:
+    for table in (scratch / _KEPT_WEIGHTS).glob(_WEIGHT_TABLES):
+        if not (scratch / table.name).exists():
+            shutil.copytree(table, scratch / table.name)
+
+
 def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, lastcycle: bool) -> dict:
     """PSF, PB and the first residual, then serial's two initminorcycle calls around setupmask."""
     started = time.time()
@@ -124,6 +146,7 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
             deconvolver = tools.open_deconvolver()
             tools.make_psf_and_pb()
             tools.major_cycle(lastcycle)
+            _keep_imaging_weights(scratch)
             first = _with_mask_total(deconvolver.initminorcycle(), scratch)
             deconvolver.setupmask()
             second = _with_mask_total(deconvolver.initminorcycle(), scratch)
@@ -149,11 +172,13 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
             if executed["iterdone"] > 0:
                 # A plane whose model did not change gets the same residual from a major cycle; serial
                 # re-grids it anyway, a chunk with no iterations is spared the work.
+                _reuse_imaging_weights(scratch)
                 tools.open_imager()
                 # serial's lastcycle flag (known only once every chunk's record is merged) matters to
                 # savemodel alone, which cube.toml requires to be 'none'
                 tools.major_cycle(lastcycle=False)
-                deconvolver.setupmask()
+                _keep_imaging_weights(scratch)
+            deconvolver.setupmask()
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
@@ -175,6 +200,8 @@ def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: i
     used (``.prev.mask``) in place of the one made after it."""
     started = time.time()
     with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
+        for table in [*scratch.glob(_KEPT_WEIGHTS), *scratch.glob(_WEIGHT_TABLES)]:  # a part holds images only
+            shutil.rmtree(table)
         if revert_mask and (scratch / "part.prev.mask").is_dir():
             shutil.rmtree(scratch / "part.mask")
             os.rename(scratch / "part.prev.mask", scratch / "part.mask")
