@@ -280,8 +280,12 @@ def _chunks(*sizes: int, guard: int = 0) -> list[Chunk]:
 
 
 def test_refusals_say_why_and_what_to_use_instead():
-    tclean = {"usemask": "user", "weighting": "natural"}
+    tclean = {"usemask": "user", "weighting": "natural", "gridder": "mosaic", "psfphasecenter": ""}
     cube_iteration_refusal(tclean, _chunks(4, 4))
+    with pytest.raises(IterationRefused, match="psfphasecenter.*per-chunk"):
+        cube_iteration_refusal(dict(tclean, psfphasecenter="J2000 12h00m00s +40d00m00s"), _chunks(4, 4))
+    with pytest.raises(IterationRefused, match="'awproject'.*per-chunk"):
+        cube_iteration_refusal(dict(tclean, gridder="awproject"), _chunks(4, 4))
     weighting_refusal(tclean, _chunks(4, 4))
     with pytest.raises(IterationRefused, match="auto-multithresh.*per-chunk"):
         cube_iteration_refusal(dict(tclean, usemask="auto-multithresh"), _chunks(4, 4))

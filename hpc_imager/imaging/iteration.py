@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from .casa_imager import tools_reproduce_tclean
 from .channel_grid import ChannelGrid, Chunk
 from .imager_records import imager_records
 
@@ -229,6 +230,12 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             "usemask='auto-multithresh' keeps per-channel state between cycles inside serial tclean's"
             " deconvolver that no chunk can be handed; use [parallel] iteration = 'per-chunk' (each chunk"
             " automasked and cleaned on its own, not equal to serial) or channels_per_task >= nchan")
+    if not tools_reproduce_tclean(tclean):
+        raise IterationRefused(
+            f"gridder={tclean['gridder']!r} with psfphasecenter={tclean['psfphasecenter']!r}: serial tclean does"
+            " more for it (A-projection's convolution-function cache, a mosaic's separate PSF phase centre)"
+            " than the steps whole-cube iteration runs; use [parallel] iteration = 'per-chunk' (each chunk"
+            " its own tclean, not equal to serial) or channels_per_task >= nchan")
     if any(c.guard for c in chunks):
         raise IterationRefused(
             "a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
@@ -257,9 +264,9 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
 
     ``run_step(function, arguments, **keywords)`` runs ``function(*args, attempt=..., **keywords)``
     for each chunk's ``args`` (its records, the chunk, the run directory; in the order of ``chunks``)
-    and returns the results in that order, or raises. Every finished step goes to the ``journal`` (:meth:`Journal.iteration_step`) with what
-    the controller merged, so a run killed at any point resumes after the last step every chunk
-    finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
+    and returns the results in that order, or raises. Every finished step goes to the ``journal``
+    (:meth:`Journal.iteration_step`) with what the controller merged, so a run killed at any point
+    resumes after the last step every chunk finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
     restored images are left in ``parts/<chunk>`` for assembly.
     """
     from . import cycle_tasks
