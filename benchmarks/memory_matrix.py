@@ -75,9 +75,9 @@ def _row(name: str, **settings) -> dict:
 def design() -> list[dict]:
     """One factor at a time around base points, plus combinations used to validate the model.
 
-    Sized to run in about an hour on a shared 2-core machine (load ~10 from other work): every
-    factor is varied at two or three sizes, not crossed with every other; mosaic rows are the
-    slowest (each pointing's convolution function takes about a minute to compute here).
+    Every factor is varied at two or three sizes, not crossed with every other. On a quiet 2-core
+    machine most rows take under two minutes; wproject-1-4096-1 takes 25 (WPConvFunc computes 409
+    planes of a 5000² screen, for the PSF and again for the residual), the mem rows 5 to 7.
     """
     rows = []
     # Size and channels (standard, hogbom, niter 0): the per pixel-channel term and the base.
@@ -97,10 +97,14 @@ def design() -> list[dict]:
     decons = {"hogbom": [], "clark": [], "multiscale3": [0, 5, 15], "multiscale4": [0, 5, 15, 45], "mem": []}
     for tag, scales in decons.items():
         rows.append(_row(f"{tag}-1024-4", niter=NITER, deconvolver=tag.rstrip("34"), scales=scales))
-    for tag in ("hogbom", "multiscale3", "multiscale4"):
+    for tag in ("hogbom", "multiscale3", "multiscale4", "mem"):
         rows.append(_row(f"{tag}-2048-1", imsize=2048, nchan=1, niter=NITER, deconvolver=tag.rstrip("34"),
                          scales=decons[tag]))
     rows += [_row("multiscale3-4096-1", imsize=4096, nchan=1, niter=NITER, deconvolver="multiscale",
+                  scales=[0, 5, 15]),
+             _row("hogbom-2048-4", imsize=2048, niter=NITER),
+             _row("multiscale3-2048-4", imsize=2048, niter=NITER, deconvolver="multiscale", scales=[0, 5, 15]),
+             _row("multiscale3-2048-16", imsize=2048, nchan=16, niter=NITER, deconvolver="multiscale",
                   scales=[0, 5, 15]),
              _row("hogbom-1024-16", nchan=16, niter=NITER),
              _row("multiscale3-1024-16", nchan=16, niter=NITER, deconvolver="multiscale", scales=[0, 5, 15])]
@@ -121,16 +125,18 @@ def design() -> list[dict]:
     rows += [_row("wproject16-2048-4", imsize=2048, gridder="wproject", wprojplanes=16),
              _row("wproject64-2048-4", imsize=2048, gridder="wproject", wprojplanes=64),
              _row("wproject-1-2048-4", imsize=2048, gridder="wproject", wprojplanes=-1),
+             _row("wproject-1-2048-16", imsize=2048, nchan=16, gridder="wproject", wprojplanes=-1),
              _row("wproject16-4096-4", imsize=4096, gridder="wproject", wprojplanes=16),
              _row("wproject64-briggs-hogbom-2048-4", imsize=2048, gridder="wproject", wprojplanes=64,
                   weighting="briggs", niter=NITER),
              _row("wproject16-4096-1-omp1", imsize=4096, nchan=1, gridder="wproject", wprojplanes=16, omp_threads=1),
+             _row("wproject16-8192-1-omp1", imsize=8192, nchan=1, gridder="wproject", wprojplanes=16, omp_threads=1),
              _row("std-2048-4-omp1", imsize=2048, omp_threads=1)]
     for facets, planes in ((2, 16), (4, 16)):
         rows.append(_row(f"widefield-f{facets}-w{planes}-1024-4", gridder="widefield", facets=facets,
                          wprojplanes=planes))
     # Mosaic: one pointing (NGC5921 field 2, simulated p1) and 4, 9 pointings (simulated).
-    for imsize, nchan in ((1024, 4), (2048, 1), (4096, 1)):
+    for imsize, nchan in ((1024, 4), (2048, 1), (2048, 4), (4096, 1)):
         rows.append(_row(f"mosaic-ngc-{imsize}-{nchan}", imsize=imsize, nchan=nchan, gridder="mosaic"))
     for data, sizes in (("sim-p1", ((1024, 4),)), ("sim-p4", ((512, 4), (1024, 4), (2048, 1))),
                         ("sim-p9", ((512, 4), (1024, 4)))):

@@ -13,9 +13,11 @@ terms: some of CASA's big buffers are freed before others are filled.
   wproject-1-2048-1 (1 channel, natural, no minor cycle), where they add 0.9 GiB to a standard task,
   and Briggs and Clark alone nothing (wproject-1-2048-4, 1.99 GiB).
 * ``multiscale`` (multiscale, niter > 0): the minor cycle's scale images, once the gridder's
-  buffers are gone: ``base``, ``weight_density``, ``minor_cycle``, ``multiscale_scale`` and what
-  the gridder keeps. Measured: 3 scales added 0.42 GiB to hogbom-2048-1 (one 2048² channel) but
-  0.004 to hogbom-1024-4 and 0.017 to hogbom-1024-16, whose gridding moment is the larger.
+  buffers are gone: ``base``, ``weight_density``, ``minor_cycle``, ``multiscale_scale``,
+  ``multiscale_cube`` and what the gridder keeps. Measured: 3 scales added 0.42 GiB to
+  hogbom-2048-1 (one 2048² channel) and 0.16 to hogbom-2048-4, but 0.004 to hogbom-1024-4 and
+  0.017 to hogbom-1024-16, whose gridding moment is the larger; multiscale3-2048-16 took what
+  wproject-1-2048-16's gridding did (3.18 GiB).
 
 * ``base``: the interpreter, casatools and dask in the worker.
 * ``image_cube``: per pixel × Stokes plane × channel of the chunk: the gridder's complex grids,
@@ -24,14 +26,20 @@ terms: some of CASA's big buffers are freed before others are filled.
   (one per channel, ``perchanweightdensity``).
 * ``minor_cycle``: per pixel × Stokes plane when ``niter > 0``: the deconvolver works one channel at
   a time and keeps residual, psf, model and mask planes; ``multiscale_scale`` per scale (the
-  smoothed residuals and scale-PSF cross terms, in the ``multiscale`` moment); ``mem`` its own work
-  planes; ``automask`` auto-multithresh's work planes, one channel's worth whatever the chunk's
-  channels (measured: it added 0.15 GiB to std-1024-4, 0.14 to std-1024-16, 0.63 to std-2048-4).
+  smoothed residuals and scale-PSF cross terms, in the ``multiscale`` moment); ``automask``
+  auto-multithresh's work planes, one channel's worth whatever the chunk's channels (measured: it
+  added 0.15 GiB to std-1024-4, 0.14 to std-1024-16, 0.63 to std-2048-4).
+* ``mem`` (deconvolver mem, niter > 0): per channel of the chunk, whatever the image: measured, it added
+  0.09 GiB to hogbom-1024-4 (4 channels) and 0.02 to hogbom-2048-1 (one channel, 4 × the pixels);
+  what it holds is not known.
 * ``mosaic_screens``: once per task for the mosaic gridder: SimplePBConvFunc's primary-beam
-  screens and work images. Measured here about the same (≈ 2.7 GiB) for a 192², 512² and 1024²
-  image: casacore keeps such an image in memory only when it fits in half the memory free on the
-  node and moves it to disk (keeping a tile cache) otherwise, so this term follows the NODE's free
-  memory more than the image: the probe measures it.
+  screens and work images. Measured here about the same (≈ 2.7 GiB over the standard gridder) for
+  192²…1024² images and 1, 4 or 9 pointings: casacore keeps such an image in memory only when it
+  fits in half the memory free on the node and moves it to disk (keeping a tile cache) otherwise,
+  so this term follows the NODE's free memory as much as the image: the probe measures it.
+  ``mosaic_plane`` per pixel × Stokes plane on top, one channel's worth: measured,
+  mosaic-ngc-2048-1 (one channel) took 4.47 GiB against mosaic-ngc-1024-4's 3.26 (the same pixels
+  × channels, so the same ``image_cube``), mosaic-ngc-4096-1 8.64.
 * ``wproject_cf``: bytes WPConvFunc (CASA 6.7) allocates for the w-projection kernels, ``planes``
   of them (``wprojplanes`` or, for -1, 1.05 × max w (wavelengths) × sin(cell × nx / 2)). In both
   phases the kernels it keeps, trimmed to the support of the largest w: 8 B × (4 (support + 2) − 1)²
@@ -42,8 +50,10 @@ terms: some of CASA's big buffers are freed before others are filled.
   memory CASA sees on the node (HostInfo): that part grows with the NODE, not the task. Measured:
   205 planes at 2048² peaked at 1.90 GiB, where the whole untrimmed cube alone is 2.4 GiB.
 * ``w_kernels_cube``: per pixel × Stokes plane × channel while WPConvFunc computes the kernels
-  (the channels' image stores that exist by then). Measured: 3 more 2048² channels added
-  0.09…0.15 GiB at 64 and 205 planes.
+  (what the chunk's channels hold by then). Measured: 3 more 2048² channels added 0.09…0.15 GiB
+  at 64 and 205 planes.
+* ``multiscale_cube``: the same in the multiscale moment. Measured: 3 more 2048² channels added
+  0.20 GiB to multiscale3-2048-1 (1.08 → 1.28 GiB).
 
 A site's calibration (``hpc_imager calibrate``), fitted on its own workers, replaces the default
 for the gridder and deconvolver it was fitted for; a probe (one real chunk measured first) replaces
@@ -62,20 +72,22 @@ GIB = 2**30
 SPEED_OF_LIGHT = 299792458.0
 
 # Measured constants (bytes per unit of each term's quantity), fitted by benchmarks/memory_matrix.py
-# on 50 rows (benchmarks/results/memory_matrix.json, docs/memory-policy.md) and lifted so that no
-# row is under FIT_FLOOR (0.97) of its measure. ``mem`` was not measured (too slow here): its seed
-# value is kept. ``wproject_cf`` counts bytes CASA allocates: its fit near 1 says the buffers are right.
+# on 66 rows (benchmarks/results/memory_matrix.json, docs/memory-policy.md) and lifted so that no
+# row is under FIT_FLOOR (0.98) of its measure. ``wproject_cf`` counts bytes CASA allocates: its
+# fit near 1 says that count is right.
 MEMORY_TERMS: dict[str, float] = {
-    "base": 0.3826 * GIB,
-    "image_cube": 44.69,
-    "weight_density": 12.48,
-    "minor_cycle": 30.78,
-    "multiscale_scale": 48.74,
-    "mem": 40.0,
-    "automask": 133.5,
-    "mosaic_screens": 2.743 * GIB,
-    "wproject_cf": 0.9563,
-    "w_kernels_cube": 11.55,
+    "base": 0.3887 * GIB,
+    "image_cube": 45.46,
+    "weight_density": 12.44,
+    "minor_cycle": 28.04,
+    "multiscale_scale": 44.4,
+    "mem": 0.02647 * GIB,
+    "automask": 136.1,
+    "mosaic_screens": 2.557 * GIB,
+    "mosaic_plane": 355.0,
+    "wproject_cf": 0.9665,
+    "w_kernels_cube": 11.18,
+    "multiscale_cube": 18.1,
 }
 # Each term's quantity, for the docs and the benchmark's table.
 TERM_UNITS = {
@@ -84,11 +96,13 @@ TERM_UNITS = {
     "weight_density": "pixel × channel (weighting other than natural)",
     "minor_cycle": "pixel × Stokes (niter > 0)",
     "multiscale_scale": "pixel × Stokes × scale (multiscale, niter > 0; its own moment)",
-    "mem": "pixel × Stokes (mem, niter > 0)",
+    "mem": "channel (mem, niter > 0)",
     "automask": "pixel × Stokes (auto-multithresh, niter > 0)",
     "mosaic_screens": "1 (mosaic)",
+    "mosaic_plane": "pixel × Stokes (mosaic)",
     "wproject_cf": "byte WPConvFunc holds: kernels kept, its work buffers while it computes them (wproject, widefield)",
     "w_kernels_cube": "pixel × Stokes × channel (while WPConvFunc computes the kernels)",
+    "multiscale_cube": "pixel × Stokes × channel (in a multiscale minor cycle)",
 }
 WEIGHTINGS_WITH_DENSITY = ("briggs", "briggsabs", "briggsbwtaper", "uniform", "superuniform")
 
@@ -198,19 +212,20 @@ def memory_phases(shape: TaskShape) -> dict[str, dict[str, float]]:
         "weight_density": shape.pixels * shape.channels if shape.weighting in WEIGHTINGS_WITH_DENSITY else 0.0,
         "minor_cycle": plane if deconvolving else 0.0,
         "mosaic_screens": 1.0 if "mosaic" in shape.gridder else 0.0,
+        "mosaic_plane": plane if "mosaic" in shape.gridder else 0.0,
         "wproject_cf": shape.w_kept_bytes() if shape.w_projecting else 0.0,
     }
     none = dict.fromkeys(MEMORY_TERMS, 0.0)
     phases = {"gridding": none | kept | {
         "image_cube": cube,
-        "mem": plane if deconvolving and shape.deconvolver == "mem" else 0.0,
+        "mem": shape.channels if deconvolving and shape.deconvolver == "mem" else 0.0,
         "automask": plane if deconvolving and shape.usemask == "auto-multithresh" else 0.0,
     }}
     if shape.w_projecting:
         phases["w_kernels"] = none | {"base": 1.0, "w_kernels_cube": cube,
                                       "wproject_cf": kept["wproject_cf"] + shape.w_work_bytes()}
     if deconvolving and shape.deconvolver in ("multiscale", "mtmfs"):
-        phases["multiscale"] = none | kept | {"multiscale_scale": plane * shape.scales}
+        phases["multiscale"] = none | kept | {"multiscale_scale": plane * shape.scales, "multiscale_cube": cube}
     return phases
 
 
@@ -367,7 +382,7 @@ def memory_surprise(estimated_gib: float, measured_gib: float) -> str | None:
 # --- fitting the terms (benchmarks/memory_matrix.py) ---------------------------------------------
 
 
-FIT_FLOOR = 0.97
+FIT_FLOOR = 0.98
 FIT_ROUNDS = 20
 
 
