@@ -10,8 +10,9 @@ terms: some of CASA's big buffers are freed before others are filled.
   work buffers, before the gridder's own are filled: ``base``, ``wproject_cf`` with its work buffers
   and ``w_kernels_cube``. Measured: wproject16-2048-4 peaked where std-2048-4 did (1.08 GiB);
   4 channels, Briggs and Clark (combo-wproject-1-briggs-clark-2048-4, 1.97 GiB) added 0.07 GiB to
-  wproject-1-2048-1 (1 channel, natural, no minor cycle), where they add 0.9 GiB to a standard task,
-  and Briggs and Clark alone nothing (wproject-1-2048-4, 1.99 GiB).
+  wproject-1-2048-1 (1 channel, natural, no minor cycle), and Briggs and Clark alone nothing
+  (wproject-1-2048-4, 1.99 GiB), where 3 more channels alone added 0.46 GiB to a standard-gridder
+  task (hogbom-2048-1 0.66 GiB, hogbom-2048-4 1.12).
 * ``multiscale`` (multiscale, niter > 0): the minor cycle's scale images, once the gridder's
   buffers are gone: ``base``, ``weight_density``, ``minor_cycle``, ``multiscale_scale``,
   ``multiscale_cube`` and what the gridder keeps. Measured: 3 scales added 0.42 GiB to
@@ -42,7 +43,7 @@ terms: some of CASA's big buffers are freed before others are filled.
   × channels, so the same ``image_cube``), mosaic-ngc-4096-1 8.64.
 * ``wproject_cf``: bytes WPConvFunc (CASA 6.7) allocates for the w-projection kernels, ``planes``
   of them (``wprojplanes`` or, for -1, 1.05 × max w (wavelengths) × sin(cell × nx / 2)). In both
-  phases the kernels it keeps, trimmed to the support of the largest w: 8 B × (4 (support + 2) − 1)²
+  moments the kernels it keeps, trimmed to the support of the largest w: 8 B × (4 (support + 2) − 1)²
   × planes. While it computes them (``w_kernels``) also its work buffers, sized by the padded side
   cs (the even 2-3-5 composite above 1.2 nx): FFTPack's table and a first screen (16 B × cs²), a
   screen and an FFT work array per OpenMP thread (16 B × cs² each), and one chunk of at most 100
@@ -207,7 +208,7 @@ def memory_phases(shape: TaskShape) -> dict[str, dict[str, float]]:
     cube = shape.pixels * shape.stokes_planes * shape.channels
     plane = shape.pixels * shape.stokes_planes
     deconvolving = shape.niter > 0
-    kept = {
+    shared = {  # held in the gridding and the multiscale moments alike
         "base": 1.0,
         "weight_density": shape.pixels * shape.channels if shape.weighting in WEIGHTINGS_WITH_DENSITY else 0.0,
         "minor_cycle": plane if deconvolving else 0.0,
@@ -216,16 +217,16 @@ def memory_phases(shape: TaskShape) -> dict[str, dict[str, float]]:
         "wproject_cf": shape.w_kept_bytes() if shape.w_projecting else 0.0,
     }
     none = dict.fromkeys(MEMORY_TERMS, 0.0)
-    phases = {"gridding": none | kept | {
+    phases = {"gridding": none | shared | {
         "image_cube": cube,
         "mem": shape.channels if deconvolving and shape.deconvolver == "mem" else 0.0,
         "automask": plane if deconvolving and shape.usemask == "auto-multithresh" else 0.0,
     }}
     if shape.w_projecting:
         phases["w_kernels"] = none | {"base": 1.0, "w_kernels_cube": cube,
-                                      "wproject_cf": kept["wproject_cf"] + shape.w_work_bytes()}
+                                      "wproject_cf": shared["wproject_cf"] + shape.w_work_bytes()}
     if deconvolving and shape.deconvolver in ("multiscale", "mtmfs"):
-        phases["multiscale"] = none | kept | {"multiscale_scale": plane * shape.scales, "multiscale_cube": cube}
+        phases["multiscale"] = none | shared | {"multiscale_scale": plane * shape.scales, "multiscale_cube": cube}
     return phases
 
 
