@@ -1,7 +1,7 @@
 """The driver's own cost per task: trivial tasks through the real driver loop.
 
 ``driver._run_chunks`` is the loop every run goes through (journal fsync per event, progress bar,
-job counts, retries, refilling the window). Its task function is swapped for one that returns at
+job counts, retries, refilling the window). Its task function (``RunContext.chunk_task``) is swapped for one that returns at
 once (1 % of tasks fail on their first attempt, to exercise the retry path), so the wall time per
 task is what the driver and dask add to every task. On a shared machine the wall time also holds the
 scheduler's and workers' waits for a core; the driver process's CPU time per task does not.
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 
-def trivial_task(tclean_params: dict, chunk, run_dir: str, attempt: int) -> dict:
+def trivial_task(_, chunk, run_dir: str, attempt: int) -> dict:
     if chunk.index % 100 == 7 and attempt == 1:
         raise RuntimeError("injected failure")
     return {"chunk": chunk.index, "attempt": attempt, "worker": "w", "host": "h", "wall_seconds": 0.0,
@@ -32,6 +32,12 @@ class NoParts:
 
 
 def measure(tasks: int, run_dir: str) -> dict:
+    from hpc_imager.run import driver
+
+    class TrivialTasks(driver.RunContext):
+        def chunk_task(self):  # the injection point: everything else is the real loop
+            return trivial_task, lambda chunk: None
+
     from distributed import Client, LocalCluster
     from rich.console import Console
 
@@ -39,7 +45,6 @@ def measure(tasks: int, run_dir: str) -> dict:
     from hpc_imager.imaging.channel_grid import ChannelGrid, Chunk
     from hpc_imager.inputs.cube_spec import parse_cube_spec
     from hpc_imager.inputs.site_profile import load_site
-    from hpc_imager.run import driver
     from hpc_imager.run.journal import Journal
     from hpc_imager.sizing.estimate import TaskEstimate
     from hpc_imager.sizing.plan import make_plan
@@ -51,9 +56,8 @@ def measure(tasks: int, run_dir: str) -> dict:
     journal = Journal.create(run_dir, {"fingerprint": "overhead", "imagename": "none", "nchan": tasks,
                                        "channels_per_task": 1})
     site = load_site("local")
-    run = driver.RunContext(spec, site, backend_for(site), run_dir, journal, Console(stderr=True),
-                            ChannelGrid(tasks, "channel", 0, 1, "", "LSRK"), chunks, NoParts())
-    driver.image_chunk = trivial_task  # the injection point: everything else is the real loop
+    run = TrivialTasks(spec, site, backend_for(site), run_dir, journal, Console(stderr=True),
+                       ChannelGrid(tasks, "channel", 0, 1, "", "LSRK"), chunks, NoParts())
 
     plan = make_plan(spec, site, TaskEstimate(0.1, 0.01, 1, 1, "default", {}), tasks)  # the local site's, 2 workers
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \

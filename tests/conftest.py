@@ -145,6 +145,9 @@ def assert_close(got, want, rel: float, what: str):
 
 def assert_workers_ran_with_speed_environ(report: dict) -> None:
     """Every chunk ran in a worker with one OpenMP thread and without dask's MALLOC_TRIM_THRESHOLD_
-    (it makes CASA's image-sized buffers fresh mmaps: the run 12 % slower, see backends/base.py)."""
+    (it makes CASA's image-sized buffers fresh mmaps: the run 12 % slower, see backends/base.py), and
+    at niter 0 without loading casatasks."""
     environs = [m["worker_environ"] for m in report["chunk_metrics"]]
     assert environs and all(e == {"OMP_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None} for e in environs), environs
+    if report["cube"]["niter"] == 0:  # casatools alone (imaging/imager_records.py): casatasks costs a worker seconds
+        assert not any(m["casatasks_loaded"] for m in report["chunk_metrics"])

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import BASE_TCLEAN, PLANE_TOLERANCE, assert_close, assert_same_cube, run_cli, write_cube_toml
 
+from hpc_imager.imaging import cycle_tasks
 from hpc_imager.imaging.channel_grid import Chunk, resolve_grid
-from hpc_imager.imaging.imaging_task import image_chunk
+from hpc_imager.imaging.imager_records import imager_records
+from hpc_imager.imaging.imaging_task import image_chunk_with_tools
 from hpc_imager.imaging.iteration import (
     IterationRefused,
     clean_cube,
@@ -71,7 +73,8 @@ def assemble(run_dir: Path, chunks, params: dict) -> None:
     assembly.finish(lambda index: None)
 
 
-def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, **keywords) -> tuple[str, dict]:
+def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, run_step=run_in_process,
+                    **keywords) -> tuple[str, dict]:
     """Whole-cube iteration over chunks in this process; the assembled cube and tclean's summary."""
     imagename = str(directory / "chunked")
     spec = parse_cube_spec({"tclean": dict(BASE_TCLEAN, vis=str(ms), imagename=imagename, **keywords),
@@ -82,7 +85,7 @@ def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, **keyword
     run_dir = directory / "run"
     journal = Journal.create(run_dir, {"fingerprint": spec.fingerprint()})
     with contextlib.chdir(directory):
-        summary = clean_cube(params, chunks, grid.nchan, run_dir, journal, run_in_process)
+        summary = clean_cube(params, chunks, grid.nchan, run_dir, journal, run_step)
         assemble(run_dir, chunks, params)
     return imagename, summary
 
@@ -114,6 +117,29 @@ def test_cube_iteration_equals_serial_tclean(case, tmp_path, ngc5921_ms, serial_
     assert_same_return(summary, returned)
     # per plane and cycle: iterations exactly, peaks and fluxes to the pixels' own tolerance
     assert_close(summary["summaryminor"], returned["summaryminor"], PLANE_TOLERANCE, "summaryminor")
+
+
+def test_briggs_weights_are_computed_once_per_chunk_and_the_cube_equals_serial(tmp_path, ngc5921_ms,
+                                                                              serial_tclean):
+    """Briggs per channel (tclean's default perchanweightdensity): CASA keeps the imaging weights in a
+    table in the working directory that its imager deletes on closing; the start step keeps a copy
+    beside each chunk's images for the cycles' imagers to read, as serial's one imager reads its own."""
+    keywords = dict(SMALL, niter=240, cycleniter=30, weighting="briggs", robust=0.5)
+    kept = {}
+
+    def run_step(function, arguments, **step_keywords):
+        results = run_in_process(function, arguments, **step_keywords)
+        if function is cycle_tasks.start_chunk:
+            for _, chunk, run_dir in arguments:
+                kept[chunk.index] = list(cycle_tasks.cycle_dir(run_dir, chunk, 0).glob("kept-*/IMAGING_WEIGHT_*"))
+        return results
+
+    chunked, summary = clean_in_chunks(tmp_path, ngc5921_ms, 4, run_step=run_step, **keywords)
+    assert sorted(kept) == [0, 1] and all(len(tables) == 1 for tables in kept.values()), kept
+    serial, returned = serial_tclean(**keywords)
+    assert returned["nmajordone"] >= 3, "the case must run cycles after the start"
+    assert_same_cube(chunked, serial, PRODUCTS)
+    assert_same_return(summary, returned)
 
 
 def test_a_run_killed_between_cycles_resumes_from_its_last_cycle(tmp_path, ngc5921_ms, serial_tclean):
@@ -209,8 +235,8 @@ def test_perchanweightdensity_false_chunks_equal_serial_at_niter_0(tmp_path, ngc
     params = spec.tclean.model_dump()
     chunks = resolve_grid(spec.tclean).chunks(4)
     assert [c.nchan for c in chunks] == [4, 4, 1]
-    for chunk in chunks:
-        image_chunk(params, chunk, str(tmp_path / "run"), 1)
+    for chunk in chunks:  # as the driver images chunks at niter 0: casatools alone, from its records
+        image_chunk_with_tools(imager_records(params, chunk), chunk, str(tmp_path / "run"), 1)
     assemble(tmp_path / "run", chunks, params)
     serial, _ = serial_tclean(**keywords)
     assert_same_cube(str(tmp_path / "chunked"), serial, ("image", "residual", "psf", "pb", "sumwt"))
@@ -254,8 +280,12 @@ def _chunks(*sizes: int, guard: int = 0) -> list[Chunk]:
 
 
 def test_refusals_say_why_and_what_to_use_instead():
-    tclean = {"usemask": "user", "weighting": "natural"}
+    tclean = {"usemask": "user", "weighting": "natural", "gridder": "mosaic", "psfphasecenter": ""}
     cube_iteration_refusal(tclean, _chunks(4, 4))
+    with pytest.raises(IterationRefused, match="psfphasecenter.*per-chunk"):
+        cube_iteration_refusal(dict(tclean, psfphasecenter="J2000 12h00m00s +40d00m00s"), _chunks(4, 4))
+    with pytest.raises(IterationRefused, match="'awproject'.*per-chunk"):
+        cube_iteration_refusal(dict(tclean, gridder="awproject"), _chunks(4, 4))
     weighting_refusal(tclean, _chunks(4, 4))
     with pytest.raises(IterationRefused, match="auto-multithresh.*per-chunk"):
         cube_iteration_refusal(dict(tclean, usemask="auto-multithresh"), _chunks(4, 4))

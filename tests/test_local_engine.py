@@ -29,6 +29,8 @@ EQUAL_TO_SERIAL = {
         {"start": "1550km/s", "width": "-10.3km/s", "nchan": 16, "restfreq": ["1420.405752MHz"], "veltype": "radio"},
         5),  # 5, 5, 5 and a last chunk of 1
     "common-beam": ({"restoringbeam": "common"}, 4),
+    # w-projection's planes and its PB made apart from the PSF (casa_imager.ImagerTools.make_psf_and_pb)
+    "wproject": ({"gridder": "wproject", "wprojplanes": 16, "start": 20, "nchan": 12}, 4),
 }
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpc_imager.imaging.task_timings import tclean_step_seconds
+from hpc_imager.imaging.task_timings import tclean_step_seconds, with_other
 
 # As tclean 6.7 writes them (from a chunk log of a niter=0 run, plus the lines niter > 0 adds).
 LOG = "\n".join([
@@ -28,9 +28,9 @@ def test_steps_are_named_and_repeated_cycles_summed():
 
 
 def test_what_tcleans_clock_does_not_cover_is_other():
-    steps = tclean_step_seconds(LOG, tclean_seconds=10.0)
+    steps = with_other(tclean_step_seconds(LOG), 10.0)
     assert steps["other"] == pytest.approx(10.0 - (0.04 + 1.64 + 2.91 + 0.5 + 2.5 + 0.05 + 0.47), abs=1e-3)
 
 
 def test_a_log_without_timings_is_all_other():
-    assert tclean_step_seconds("INFO\ttclean::::casa\tnothing timed\n", tclean_seconds=3.0) == {"other": 3.0}
+    assert with_other(tclean_step_seconds("INFO\ttclean::::casa\tnothing timed\n"), 3.0) == {"other": 3.0}

@@ -58,3 +58,23 @@ def configure_offline(config_dir: Path | None = None) -> Path:
         os.replace(tmp, path)
     os.environ[CONFIG_ENV] = str(path)
     return path
+
+
+_casa_log = None  # casa_log()'s sink where casatasks is not loaded
+
+
+def casa_log():
+    """The process's CASA log sink: casatasks' own where casatasks is loaded (it makes one global sink
+    at import), else one made from casatools alone, so a worker need not import casatasks to log."""
+    if "casatasks" in sys.modules:
+        from casatasks import casalog
+
+        return casalog
+    global _casa_log
+    if _casa_log is None:
+        from casatools import logsink
+
+        _casa_log = logsink()
+        _casa_log.setglobal(True)
+    return _casa_log
+

@@ -6,7 +6,8 @@ blocks of channels (C++ ``SynthesisDeconvolver::executeCubeMinorCycle`` hands ev
 minor-cycle controls and merges the blocks' records), so a plane's cleaning depends on the rest of
 the cube only through the controller. Here each chunk is such a block: a worker runs the chunk's
 share of each step with fresh CASA tools and hands back the records the controller needs
-(:mod:`hpc_imager.imaging.iteration` merges them, as serial does, in the driver).
+(:mod:`hpc_imager.imaging.iteration` merges them, as serial does, in the driver). The tools are set up
+from the records the driver made for the chunk (:mod:`imager_records`), so a worker needs casatools alone.
 
 State lives on disk, in the chunk's images: ``<run>/iteration/<chunk>/cycle-<k>/part.*``. A step
 copies the previous cycle's images to a scratch folder, works there and renames it into place, so a
@@ -30,7 +31,9 @@ import time
 from pathlib import Path
 
 from . import casa_setup
-from .channel_grid import IMAGER_PARAMETER_NAMES, Chunk
+from .casa_imager import ImagerTools
+from .channel_grid import Chunk
+from .imager_records import ImagerRecords
 from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss
 
 
@@ -42,70 +45,12 @@ def cycle_dir(run_dir: Path, chunk: Chunk, cycle: int) -> Path:
     return chunk_dir(run_dir, chunk) / f"cycle-{cycle:04d}"
 
 
-def imager_parameters(tclean_params: dict, imagename: str):
-    """ImagerParameters exactly as task_tclean builds them from its keywords."""
-    from casatasks.private.imagerhelpers.input_parameters import ImagerParameters
-
-    given = {IMAGER_PARAMETER_NAMES.get(k, k): v for k, v in tclean_params.items()}
-    given["imagename"] = imagename
-    given["chanchunks"] = 1
-    names = ImagerParameters.__init__.__code__.co_varnames[1:]
-    defaults = dict(zip(names, ImagerParameters.__init__.__defaults__))
-    bparm = {k: given.get(k, default) for k, default in defaults.items()}
-    if bparm["mosweight"] and bparm["gridder"] not in ("mosaic", "awp2"):
-        bparm["mosweight"] = False
-    return ImagerParameters(**bparm)
-
-
-class _Tools:
-    """The casatools objects of one chunk for one step, set up as PySynthesisImager does."""
-
-    def __init__(self, params):
-        self.params = params
-        self.imager = None
-        self.normalizer = None
-        self.deconvolver = None
-
-    def open_imager(self):
-        from casatools import synthesisimager, synthesisnormalizer
-
-        p = self.params
-        si = synthesisimager()
-        for ms in sorted(p.getSelPars()):
-            si.selectdata(p.getSelPars()[ms])
-        si.defineimage(p.getImagePars()["0"], p.getGridPars()["0"])
-        si.normalizerinfo(p.getNormPars()["0"])
-        self.imager = si
-        self.normalizer = synthesisnormalizer()
-        self.normalizer.setupnormalizer(normpars=p.getNormPars()["0"])
-        si.setweighting(**p.getWeightPars())
-        return si
-
-    def open_deconvolver(self):
-        from casatools import synthesisdeconvolver
-
-        self.deconvolver = synthesisdeconvolver()
-        self.deconvolver.setupdeconvolution(decpars=self.params.getDecPars()["0"])
-        return self.deconvolver
-
-    def major_cycle(self, lastcycle: bool) -> None:
-        """runMajorCycleCore: for cubes normalisation happens in C++."""
-        controls = {"lastcycle": lastcycle, "usemask": self.params.getDecPars()["0"]["usemask"]}
-        self.imager.executemajorcycle(controls=controls)
-
-    def close(self) -> None:
-        for tool in (self.deconvolver, self.normalizer, self.imager):
-            if tool is not None:
-                tool.done()
-
-
 @contextlib.contextmanager
 def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int | None):
     """A scratch copy of the chunk's images of cycle ``previous`` (or nothing), renamed to cycle
     ``cycle`` when the step succeeds; the step's CASA log goes to the run's logs."""
     casa_setup.configure_offline()
-    from casatasks import casalog
-
+    casalog = casa_setup.casa_log()
     target = cycle_dir(run_dir, chunk, cycle)
     scratch = target.with_name(f"{target.name}.attempt-{attempt}")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -128,13 +73,10 @@ def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int |
     os.rename(scratch, target)
 
 
-def _params(tclean_params: dict, chunk: Chunk, scratch: Path, first_step: bool = False):
-    """The chunk's parameters; ``startmodel`` only in the first step, where serial's deconvolver adds
-    it to the model once (a later step finds it in the model image already)."""
-    params = dict(tclean_params, **chunk.tclean_overrides())
-    if not first_step:
-        params["startmodel"] = ""
-    return imager_parameters(params, str(scratch / "part"))
+def _named(records: ImagerRecords, scratch: Path, first_step: bool = False) -> ImagerRecords:
+    """The chunk's records for the step's images; ``startmodel`` only in the first step, where serial's
+    deconvolver adds it to the model once (a later step finds it in the model image already)."""
+    return records.named(str(scratch / "part"), startmodel=first_step)
 
 
 def _plain(record) -> dict:
@@ -172,18 +114,39 @@ def _with_mask_total(record, scratch: Path) -> dict:
     return record
 
 
-def start_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, lastcycle: bool) -> dict:
+# CASA's Briggs and uniform weighting per channel (BriggsCubeWeightor) writes the imaging weights it
+# computes into a table IMAGING_WEIGHT_<rows>_<frequencies>_<weighting> in the working directory and
+# reads them back from there while the table exists; the imager that made it deletes it when it
+# closes. Serial tclean's one imager computes them once; each step's fresh imager would compute them
+# again every cycle. So every step keeps a copy beside the chunk's images (after its major cycle,
+# while the imager is open) and puts it back before the next step's imager opens.
+_WEIGHT_TABLES = "IMAGING_WEIGHT_*"
+_KEPT_WEIGHTS = "kept-imaging-weights"
+
+
+def _keep_imaging_weights(scratch: Path) -> None:
+    for table in scratch.glob(_WEIGHT_TABLES):
+        if not (scratch / _KEPT_WEIGHTS / table.name).exists():
+            shutil.copytree(table, scratch / _KEPT_WEIGHTS / table.name)
+
+
+def _reuse_imaging_weights(scratch: Path) -> None:
+    for table in (scratch / _KEPT_WEIGHTS).glob(_WEIGHT_TABLES):
+        if not (scratch / table.name).exists():
+            shutil.copytree(table, scratch / table.name)
+
+
+def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, lastcycle: bool) -> dict:
     """PSF, PB and the first residual, then serial's two initminorcycle calls around setupmask."""
     started = time.time()
     with _step(Path(run_dir), chunk, 0, attempt, None) as scratch:
-        tools = _Tools(_params(tclean_params, chunk, scratch, first_step=True))
+        tools = ImagerTools(_named(records, scratch, first_step=True))
         try:
             tools.open_imager()
             deconvolver = tools.open_deconvolver()
-            tools.imager.makepsf()
-            deconvolver.checkrestoringbeam()
-            tools.normalizer.normalizeprimarybeam()
+            tools.make_psf_and_pb()
             tools.major_cycle(lastcycle)
+            _keep_imaging_weights(scratch)
             first = _with_mask_total(deconvolver.initminorcycle(), scratch)
             deconvolver.setupmask()
             second = _with_mask_total(deconvolver.initminorcycle(), scratch)
@@ -192,27 +155,29 @@ def start_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, l
     return {"init": [first, second], "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}
 
 
-def cycle_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
+def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
                 controls: dict) -> dict:
     """One minor cycle with the cube's controls, the major cycle after it (when this chunk's model
     changed), setupmask and the next initminorcycle."""
     started = time.time()
     with _step(Path(run_dir), chunk, cycle, attempt, cycle - 1) as scratch:
-        tools = _Tools(_params(tclean_params, chunk, scratch))
+        tools = ImagerTools(_named(records, scratch))
         try:
             deconvolver = tools.open_deconvolver()
             deconvolver.initminorcycle()  # loads the images and the statistics serial's deconvolver holds
             executed = deconvolver.executeminorcycle(iterbotrecord=dict(controls))
-            if "auto" in tclean_params["usemask"]:
+            if "auto" in records.usemask:
                 # runMinorCycleCore keeps the mask this cycle used; hasConverged reverts to it at the end
                 _replace_tree(scratch / "part.mask", scratch / "part.prev.mask")
             if executed["iterdone"] > 0:
                 # A plane whose model did not change gets the same residual from a major cycle; serial
                 # re-grids it anyway, a chunk with no iterations is spared the work.
+                _reuse_imaging_weights(scratch)
                 tools.open_imager()
                 # serial's lastcycle flag (known only once every chunk's record is merged) matters to
                 # savemodel alone, which cube.toml requires to be 'none'
                 tools.major_cycle(lastcycle=False)
+                _keep_imaging_weights(scratch)
             deconvolver.setupmask()
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
@@ -227,7 +192,7 @@ def _replace_tree(source: Path, target: Path) -> None:
         shutil.copytree(source, target)
 
 
-def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
+def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
                   revert_mask: bool = False) -> dict:
     """Restore (and pb-correct) the last cycle's images into the chunk's part (parts/<chunk>), so that
     the driver places it into the cube while the other chunks restore. ``revert_mask``: cleaning
@@ -235,15 +200,17 @@ def restore_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int,
     used (``.prev.mask``) in place of the one made after it."""
     started = time.time()
     with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
+        for table in [*scratch.glob(_KEPT_WEIGHTS), *scratch.glob(_WEIGHT_TABLES)]:  # a part holds images only
+            shutil.rmtree(table)
         if revert_mask and (scratch / "part.prev.mask").is_dir():
             shutil.rmtree(scratch / "part.mask")
             os.rename(scratch / "part.prev.mask", scratch / "part.mask")
-        tools = _Tools(_params(tclean_params, chunk, scratch))
+        tools = ImagerTools(_named(records, scratch))
         try:
             deconvolver = tools.open_deconvolver()
-            if tclean_params.get("restoration", True):
+            if records.restoration:
                 deconvolver.restore()
-                if tclean_params.get("pbcor"):
+                if records.pbcor:
                     deconvolver.pbcor()
         finally:
             tools.close()

@@ -1,4 +1,4 @@
-"""The worker task: image one chunk of channels with tclean, hand back its part and its metrics.
+"""The worker tasks: image one chunk of channels, hand back its part and its metrics.
 
 Runs in a dask worker process (or a batch job). Each attempt works in a scratch directory of its
 own and only a finished part is moved, in one rename, to ``parts/<chunk>``: a part that exists is
@@ -13,15 +13,19 @@ import gc
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
 from ..inputs.preflight import casa_message
 from . import casa_setup
+from .casa_imager import make_chunk_images
 from .channel_grid import Chunk
-from .task_timings import tclean_step_seconds
+from .imager_records import ImagerRecords
+from .task_timings import tclean_step_seconds, with_other
 
 # Products tclean makes for every cube (others, such as .mask or .image.pbcor, only when asked).
 REQUIRED_PRODUCTS = ("image", "residual", "model", "psf", "pb", "sumwt")
@@ -111,19 +115,22 @@ def _trim_guard_channels(scratch: Path, nchan: int) -> None:
         os.rename(trimmed, product)
 
 
-def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -> dict:
-    """Run tclean on ``chunk`` and move its products to the run's parts; return the metrics."""
+@contextlib.contextmanager
+def _attempt(chunk: Chunk, run_dir: Path, attempt: int, what: str) -> Iterator[tuple[Path, dict]]:
+    """One attempt at a chunk: a scratch directory of its own as the working directory, CASA's log in
+    the run's logs, the peak memory measured; the finished part moved to parts/ in one rename. The
+    caller fills in ``metrics["tclean_steps"]`` (seconds per step; the rest of the time is ``other``)."""
     casa_setup.configure_offline()
-    from casatasks import casalog, tclean
-
-    run_dir = Path(run_dir)
+    casalog = casa_setup.casa_log()
     scratch = run_dir / "scratch" / f"{chunk.name}.attempt-{attempt}"
     shutil.rmtree(scratch, ignore_errors=True)  # a previous crash of this very attempt
     scratch.mkdir(parents=True)
     (run_dir / "logs").mkdir(exist_ok=True)
-    casalog.setlogfile(str(run_dir / "logs" / f"{chunk.name}.attempt-{attempt}.casa.log"))
+    casa_log = run_dir / "logs" / f"{chunk.name}.attempt-{attempt}.casa.log"
+    casalog.setlogfile(str(casa_log))
     casalog.showconsole(False)  # CASA's messages belong in the chunk's log, not the driver's terminal
     casalog.filter("INFO3")  # tclean logs its per-step timings at INFO3 (read back into the metrics)
+    metrics: dict = {"tclean_steps": {}}
 
     _reset_peak_rss()
     started = time.time()
@@ -132,22 +139,22 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
             if _injected_fault(chunk, attempt):
                 raise ChunkFailed(f"{chunk.name}: fault injected by {FAULT_ENV} (attempt {attempt})")
             try:
-                tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
+                yield scratch, metrics
             except MemoryError:
                 raise  # the driver retries it with more memory
             except Exception as error:  # CASA's exceptions carry its log prefix and several lines
-                raise ChunkFailed(f"tclean failed: {casa_message(error)}") from None
+                raise ChunkFailed(f"{what} failed: {casa_message(error)}") from None
     finally:
         _release_casa()
     wall = time.time() - started
     peak = _peak_rss_bytes()
-    steps = tclean_step_seconds(Path(casalog.logfile()).read_text(errors="replace"), wall)
+    metrics["tclean_steps"] = with_other(metrics["tclean_steps"], wall)
 
     missing = [p for p in REQUIRED_PRODUCTS if not (scratch / f"part.{p}").is_dir()]
     if missing:
-        severe = _first_severe(Path(casalog.logfile()))
-        raise ChunkFailed(f"tclean left no {', '.join('.' + p for p in missing)}"
-                          + (f": {severe}" if severe else f" (see {casalog.logfile()})"))
+        severe = _first_severe(casa_log)
+        raise ChunkFailed(f"{what} left no {', '.join('.' + p for p in missing)}"
+                          + (f": {severe}" if severe else f" (see {casa_log})"))
     finishing = time.time()
     if chunk.guard:
         _trim_guard_channels(scratch, chunk.nchan)
@@ -158,16 +165,37 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
         os.rename(target, stale)
         shutil.rmtree(stale)
     os.rename(scratch, target)
-    return {
+    metrics.update({
         "chunk": chunk.index,
         "channels": chunk.nchan,
         "attempt": attempt,
         "worker": _worker_name(),
         "host": socket.gethostname(),
         "wall_seconds": wall,
-        "tclean_steps": steps,
         "finish_seconds": time.time() - finishing,  # trimming guard channels, moving the part into place
         "peak_rss_bytes": peak,
         "rss_after_bytes": psutil.Process().memory_info().rss,
         "worker_environ": {name: os.environ.get(name) for name in SPEED_ENVIRON},
-    }
+        "casatasks_loaded": "casatasks" in sys.modules,
+    })
+
+
+def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -> dict:
+    """Run tclean on ``chunk`` (its own iteration control: per-chunk cleaning) and move its products
+    to the run's parts; return the metrics."""
+    casa_setup.configure_offline()
+    from casatasks import tclean  # before the attempt points the log at its file: casatasks makes its own sink
+
+    with _attempt(chunk, Path(run_dir), attempt, "tclean") as (scratch, metrics):
+        tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
+        log = Path(casa_setup.casa_log().logfile()).read_text(errors="replace")
+        metrics["tclean_steps"] = tclean_step_seconds(log)
+    return metrics
+
+
+def image_chunk_with_tools(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int) -> dict:
+    """tclean's own steps for ``niter=0`` on ``chunk`` (from the driver's records, with casatools
+    alone: see imager_records) and its products moved to the run's parts; return the metrics."""
+    with _attempt(chunk, Path(run_dir), attempt, "imaging") as (scratch, metrics):
+        metrics["tclean_steps"] = make_chunk_images(records.named(str(scratch / "part")))
+    return metrics

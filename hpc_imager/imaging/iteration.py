@@ -25,7 +25,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from .casa_imager import tools_reproduce_tclean
 from .channel_grid import ChannelGrid, Chunk
+from .imager_records import imager_records
 
 # The stop codes' meanings, as imager_base.PySynthesisImager.getStopDescription gives them.
 STOP_REASONS = {
@@ -228,6 +230,12 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             "usemask='auto-multithresh' keeps per-channel state between cycles inside serial tclean's"
             " deconvolver that no chunk can be handed; use [parallel] iteration = 'per-chunk' (each chunk"
             " automasked and cleaned on its own, not equal to serial) or channels_per_task >= nchan")
+    if not tools_reproduce_tclean(tclean):
+        raise IterationRefused(
+            f"gridder={tclean['gridder']!r} with psfphasecenter={tclean['psfphasecenter']!r}: serial tclean does"
+            " more for it (A-projection's convolution-function cache, a mosaic's separate PSF phase centre)"
+            " than the steps whole-cube iteration runs; use [parallel] iteration = 'per-chunk' (each chunk"
+            " its own tclean, not equal to serial) or channels_per_task >= nchan")
     if any(c.guard for c in chunks):
         raise IterationRefused(
             "a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
@@ -250,31 +258,25 @@ def iteration_report(summary: dict) -> dict:
             if isinstance(v, (int, float, str, bool, np.generic))}
 
 
-def iteration_parameters(tclean_params: dict) -> dict:
-    """The iteration parameters task_tclean hands its iterbotsink (with ImagerParameters' fixes)."""
-    from .cycle_tasks import imager_parameters
-
-    return imager_parameters(tclean_params, tclean_params["imagename"]).getIterPars()
-
-
 def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Path, journal, run_step: Callable,
                on_cycle: Callable[[dict], None] = lambda progress: None) -> dict:
     """Serial tclean's major/minor loop over the whole cube, each step run in every chunk at once.
 
     ``run_step(function, arguments, **keywords)`` runs ``function(*args, attempt=..., **keywords)``
-    for each chunk's ``args`` (in the order of ``chunks``) and returns the results in that order, or
-    raises. Every finished step goes to the ``journal`` (:meth:`Journal.iteration_step`) with what
-    the controller merged, so a run killed at any point resumes after the last step every chunk
-    finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
+    for each chunk's ``args`` (its records, the chunk, the run directory; in the order of ``chunks``)
+    and returns the results in that order, or raises. Every finished step goes to the ``journal``
+    (:meth:`Journal.iteration_step`) with what the controller merged, so a run killed at any point
+    resumes after the last step every chunk finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
     restored images are left in ``parts/<chunk>`` for assembly.
     """
     from . import cycle_tasks
 
     run_dir = Path(run_dir)
     done = [step for step in journal.iteration_steps if step["kind"] != "restored"]
-    controller = CubeIteration(iteration_parameters(tclean_params), chunks,
+    # the iteration parameters task_tclean hands its iterbotsink (with ImagerParameters' fixes)
+    controller = CubeIteration(imager_records(tclean_params).iteration, chunks,
                                serial_block_size(nchan, list(np.atleast_1d(tclean_params["imsize"]))))
-    arguments = [(tclean_params, c, str(run_dir)) for c in chunks]
+    arguments = [(imager_records(tclean_params, c), c, str(run_dir)) for c in chunks]
     try:
         if done:
             converged = controller.replay([step["records"] for step in done])
