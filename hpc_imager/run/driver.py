@@ -26,7 +26,7 @@ from ..errors import RunFailed
 from ..imaging import casa_setup
 from ..imaging.channel_grid import ChannelGrid, Chunk
 from ..imaging.cycle_tasks import restore_chunk
-from ..imaging.casa_imager import tools_reproduce_tclean
+from ..imaging.casa_imager import chunking_caveats, tools_reproduce_tclean
 from ..imaging.imager_records import imager_records
 from ..imaging.imaging_task import image_chunk, image_chunk_with_tools, part_path
 from ..imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
@@ -174,7 +174,8 @@ def image_cube(
             assembly.arrived(chunk)
         assembly.wait_placed(journal.placed)
         run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
-        for caveat in grid.caveats():
+        caveats = grid.caveats() + chunking_caveats(spec.tclean.model_dump(), chunks)
+        for caveat in caveats:
             console.print(f"hpc_imager: warning: {caveat}")
         console.print(
             f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
@@ -210,7 +211,7 @@ def image_cube(
             "imagename": imagename,
             "nchan": grid.nchan,
             "grid": {"kind": grid.kind, "start": grid.start, "width": grid.width, "unit": grid.unit, "frame": grid.frame},
-            "caveats": grid.caveats(),
+            "caveats": caveats,
             "chunks": len(chunks),
             "channels_per_task": spec.parallel.channels_per_task,
             "workers": plan.workers,
