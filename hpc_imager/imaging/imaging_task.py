@@ -39,7 +39,7 @@ FAULT_ENV = "HPC_IMAGER_FAIL_CHUNKS"
 
 
 class ChunkFailed(RuntimeError):
-    """tclean failed on a chunk; the message is CASA's own first line (the driver names the chunk and its channels)."""
+    """Imaging a chunk failed; the message is CASA's own first line (the driver names the chunk and its channels)."""
 
 
 def _first_severe(casa_log: Path) -> str:
