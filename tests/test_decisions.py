@@ -25,3 +25,14 @@ def test_memory_kills_are_recognised_from_the_error_or_the_logs():
     nanny = "Worker is at 96% memory usage ... exceeds the memory budget"
     assert ran_out_of_memory("KilledWorker", "", [nanny], SLURM.memory_signs)
     assert not ran_out_of_memory("KilledWorker", "", ["segfault"], SLURM.memory_signs)
+
+
+def test_a_job_is_lost_once_its_workers_connected_and_are_all_gone():
+    from hpc_imager.backends.lost_jobs import lost_jobs
+
+    jobs = ["SLURMCluster-0", "SLURMCluster-1", "SLURMCluster-2"]
+    started = {"SLURMCluster-0", "SLURMCluster-1"}  # SLURMCluster-2 is still in the queue
+    connected = ["SLURMCluster-1-0"]  # one of SLURMCluster-1's two workers is left
+    assert lost_jobs(jobs, started, connected) == ["SLURMCluster-0"]
+    assert lost_jobs(jobs, started, ["SLURMCluster-0", "SLURMCluster-1-1"]) == []
+    assert lost_jobs(["SLURMCluster-1"], {"SLURMCluster-1"}, ["SLURMCluster-10"]) == ["SLURMCluster-1"]

@@ -8,7 +8,6 @@ thresholds for CASA, the worker process's environment) is exported by the job sc
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shlex
@@ -148,6 +147,8 @@ class JobqueueBackend(Backend):
         """
         from distributed import Client
 
+        from .lost_jobs import LostJobs
+
         casa_setup.configure_offline()
         cluster_class = self.cluster_class()
         # Importing dask_jobqueue makes SIGINT exit the process with status 0 (dask_jobqueue.runner sets
@@ -158,7 +159,9 @@ class JobqueueBackend(Backend):
                 scheduler_options={"dashboard_address": site.dashboard_address, "interface": site.interface},
                 security=security, shared_temp_directory=str(tls_directory) if tls_directory else None,
                 **self.jobqueue_kwargs(plan, site, run_dir))
-            watchdog = PeriodicCallback(LostJobs(cluster), LOST_JOB_CHECK_SECONDS * 1000)
+            lost = LostJobs(cluster)
+            cluster.scheduler.add_plugin(lost)
+            watchdog = PeriodicCallback(lost, LOST_JOB_CHECK_SECONDS * 1000)
             try:
                 cluster.adapt(minimum_jobs=plan.jobs, maximum_jobs=plan.jobs)
                 cluster.loop.add_callback(watchdog.start)
@@ -174,9 +177,9 @@ class JobqueueBackend(Backend):
                     forget_worker_certificates(cluster)
 
     def job_counts(self, client) -> dict[str, int] | None:
-        connected = _worker_names(client.scheduler_info())
+        connected = worker_names(client.scheduler_info())
         jobs = list(client.cluster.workers)
-        running = sum(_has_worker(job, connected) for job in jobs)
+        running = sum(has_worker(job, connected) for job in jobs)
         return {"pending": len(jobs) - running, "running": running}
 
     def driver_script(self, spec, site, site_argument: str, cube_toml: Path) -> str:
@@ -201,30 +204,6 @@ class JobqueueBackend(Backend):
         return Template((JOB_TEMPLATES / self.driver_template).read_text()).substitute(values)
 
 
-class LostJobs:
-    """Replace batch jobs whose workers have all gone (cancelled, node lost, retired at walltime).
-
-    distributed replaces a lost job only when the job runs a single worker: with several workers per
-    job their names carry suffixes and the job is never noticed. This runs on the cluster's event
-    loop, forgets such a job and lets the cluster submit a fresh one under the same name.
-    """
-
-    def __init__(self, cluster):
-        self.cluster = cluster
-        self.seen: set[str] = set()  # jobs whose workers have connected at some point
-
-    def __call__(self) -> None:
-        connected = _worker_names(self.cluster.scheduler_info)
-        for name in list(self.cluster.workers):
-            if _has_worker(name, connected):
-                self.seen.add(str(name))
-            elif str(name) in self.seen:
-                self.seen.discard(str(name))
-                job = self.cluster.workers.pop(name)
-                self.cluster._futures.add(asyncio.ensure_future(job.close()))  # make sure it is gone
-                self.cluster._correct_state()  # submits a job for the spec that has none now
-
-
 def _cancel_now_and_exit(cluster) -> None:
     """A second Ctrl-C while jobs are being cancelled: cancel them in one command and leave."""
     job_ids = [job.job_id for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
@@ -233,10 +212,10 @@ def _cancel_now_and_exit(cluster) -> None:
     os._exit(130)
 
 
-def _worker_names(scheduler_info: dict) -> list[str]:
+def worker_names(scheduler_info: dict) -> list[str]:
     return [str(w["name"]) for w in scheduler_info.get("workers", {}).values()]
 
 
-def _has_worker(job, connected: list[str]) -> bool:
+def has_worker(job, connected: list[str]) -> bool:
     """A job's workers are named after it: the job's name, or ``name-0``, ``name-1``... with several."""
     return any(w == str(job) or w.startswith(f"{job}-") for w in connected)
