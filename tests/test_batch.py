@@ -247,11 +247,14 @@ def _underestimating_site(site: Path, tmp_path: Path, node_memory: str = "16GiB"
     return copy
 
 
+# The deliberately wrong calibration gives the first workers about 400 MiB (mostly the site's worker
+# base). A casatools-only worker imaging 4 channels at 1024² peaked at 395 MiB, which the nanny did
+# not always catch; 8 channels (about 0.55 GiB) or 16 (about 0.9 GiB) outgrow it for certain.
 MEMORY_RETRIES = {
     # each chunk imaged whole: the killed chunks are imaged again
-    "per-chunk": ({"nchan": 4, "imsize": [1024, 1024]}, 4, "imaging them again with twice the memory per worker"),
+    "per-chunk": ({"nchan": 16, "imsize": [1024, 1024]}, 16, "imaging them again with twice the memory per worker"),
     # niter > 0, one iteration controller: the step's killed tasks run again and the cycles go on from that step
-    "whole-cube iteration": ({"nchan": 4, "imsize": [1024, 1024], "niter": 60, "cycleniter": 20}, 2,
+    "whole-cube iteration": ({"nchan": 16, "imsize": [1024, 1024], "niter": 60, "cycleniter": 20}, 8,
                              "going on with twice the memory per worker"),
 }
 
@@ -303,12 +306,13 @@ def test_slurm_whole_cube_iteration_worker_job_cancelled_mid_cycles(slurm, tmp_p
 
 @pytest.mark.slurm
 def test_slurm_chunk_that_cannot_get_enough_memory_is_named(slurm, tmp_path, ngc5921_ms):
-    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 4, "imsize": [1024, 1024]},
-                           {"channels_per_task": 4, "workers": 1})
+    # about 0.9 GiB a task: its first workers' 400 MiB, doubled, are more than a 1 GiB node offers
+    cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 16, "imsize": [1024, 1024]},
+                           {"channels_per_task": 16, "workers": 1})
     site = _underestimating_site(slurm, tmp_path, node_memory="1GiB")
     result = run_cli("submit", "--site", site, cube, cwd=tmp_path, check=False)
     assert result.returncode == 1
-    assert "channels 0-3 ran out of memory and cannot have more: one task needs" in result.stderr
+    assert "channels 0-15 ran out of memory and cannot have more: one task needs" in result.stderr
     assert "node offers" in result.stderr and "Traceback" not in result.stderr
     assert_no_job_left()
 
