@@ -153,6 +153,7 @@ def _task_breakdown(report: dict) -> dict:
         "imaging_seconds": round(report["imaging_seconds"], 2),
         "concat_tail_seconds": round(concat.get("concat_seconds", 0.0), 2),
         "placing_seconds": round(concat.get("placing_seconds", 0.0), 2),
+        "placing_cpu_seconds": round(concat.get("placing_cpu_seconds", 0.0), 2),
         "concat_tail_fraction": round(concat.get("concat_seconds", 0.0) / report["imaging_seconds"], 4),
         "chunks": report["chunks"],
         "channels_per_task": report["channels_per_task"],

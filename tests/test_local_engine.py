@@ -71,6 +71,7 @@ def test_assembly_writes_the_pixels_a_bounded_number_of_times(tmp_path, ngc5921_
     cube_bytes = 256 * 256 * 24 * 4  # float32 pixels of one product
     assert concat["product_bytes"] > 5 * cube_bytes  # image, residual, model, psf, pb (+ the small sumwt)
     assert concat["concat_bytes_written"] <= 3.5 * concat["product_bytes"]
+    assert 0 < concat["placing_cpu_seconds"] <= concat["placing_seconds"]
 
 
 def test_refuses_to_overwrite_and_to_reuse_a_run_directory(tmp_path, ngc5921_ms):

@@ -118,6 +118,7 @@ class CubeAssembly:
         self.staged_name = self.staging / Path(tclean_params["imagename"]).name
         self.waiting: set[int] = set()  # done, not yet placed
         self.seconds = 0.0  # the placing thread's time
+        self.cpu_seconds = 0.0  # ... of which on a CPU: taken from the workers where they share the cores
         self.bytes_written = 0  # by the driver while placing: each part's pixels once, plus the headers
         self._todo: queue.Queue[int] = queue.Queue()  # handed to the placing thread
         self._done: queue.Queue[int] = queue.Queue()  # placed, not yet recorded in the journal
@@ -218,10 +219,12 @@ class CubeAssembly:
                 return
             try:
                 if self._error is None and not self._closing:
-                    started, io_before = time.time(), psutil.Process().io_counters().write_bytes
+                    started, cpu_before = time.time(), time.thread_time()
+                    io_before = psutil.Process().io_counters().write_bytes
                     self._place(self.chunks[index], create=(index == 0))
                     _fsync_tree(self.staging)  # the journal will say "placed": the pixels must be on disk first
                     self.seconds += time.time() - started
+                    self.cpu_seconds += time.thread_time() - cpu_before
                     self.bytes_written += psutil.Process().io_counters().write_bytes - io_before
                     self._done.put(index)
             except Exception as error:
@@ -352,6 +355,7 @@ class CubeAssembly:
         shutil.rmtree(self.staging, ignore_errors=True)
         return {
             "placing_seconds": self.seconds,
+            "placing_cpu_seconds": round(self.cpu_seconds, 3),
             "concat_bytes_written": self.bytes_written,
             "concat_seconds": time.time() - started,  # what remained after the last chunk
             "product_bytes": sum(_dir_bytes(Path(f"{imagename}.{p}")) for p in made),
