@@ -333,19 +333,32 @@ def test_slurm_gives_up_waiting_for_a_queue_that_never_starts_the_jobs(slurm, tm
     assert (tmp_path / "cube.hpcrun" / "run.json").exists(), "the run can be resumed later"
 
 
+WALLTIME_CUBES = {
+    # each chunk imaged whole, one channel a task
+    "per-chunk": ({"nchan": -1, "imsize": [512, 512]}, 1),
+    # niter > 0: the cycles' steps go on over the retirements (about 35 cycles of 20 iterations a channel)
+    "whole-cube iteration": ({"nchan": 8, "imsize": [256, 256], "niter": 5600, "cycleniter": 20}, 2),
+}
+
+
 @pytest.mark.slurm
-def test_slurm_cube_longer_than_one_walltime_finishes(slurm, tmp_path, ngc5921_ms, serial_reference):
+@pytest.mark.parametrize("mode", WALLTIME_CUBES)
+def test_slurm_cube_longer_than_one_walltime_finishes(mode, slurm, tmp_path, ngc5921_ms, serial_reference):
     """Workers retire before their walltime (40 s here: they go at 32 s ± 4 s) and are replaced; the
-    cube, which takes about a minute, is still complete."""
+    cube, which takes longer than one walltime, is still complete."""
     site = tmp_path / "short.toml"
     site.write_text(single_worker_jobs(slurm, tmp_path).read_text()
                     .replace('walltime_default = "00:30:00"', 'walltime_default = "00:00:40"'))
-    tclean = {"nchan": -1, "imsize": [512, 512]}
+    tclean, channels_per_task = WALLTIME_CUBES[mode]
     # no probe: a probe's measured task time would plan a walltime long enough for the whole cube
-    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 1, "workers": 2, "probe": False})
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean,
+                           {"channels_per_task": channels_per_task, "workers": 2, "probe": False})
     result = run_cli("submit", "--site", site, cube, cwd=tmp_path)
     assert "walltime 00:00:40" in result.stderr
-    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["iteration"] == ("cube" if "niter" in tclean else "none")
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
+                     products=("image", "residual", "model", "psf", "pb", "sumwt"))
     jobs = list((tmp_path / "cube.hpcrun" / "logs" / "jobs").glob("hpc-imager-*.err"))
     assert len(jobs) >= 3, "retired jobs were replaced"
     assert any("worker-lifetime-reached" in job.read_text() for job in jobs)
