@@ -133,6 +133,19 @@ def test_cube_equals_serial(scheduler, request, tmp_path, ngc5921_ms, serial_ref
     assert_no_job_left(scheduler)
 
 
+@pytest.mark.sge
+def test_sge_whole_cube_iteration_equals_serial(sge, tmp_path, ngc5921_ms, serial_reference):
+    """niter > 0 through SGE jobs: the controller in the driver, each cycle's steps as the jobs' tasks."""
+    tclean = {"nchan": 8, "niter": 100, "imsize": [128, 128]}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
+    run_cli("submit", "--site", sge, cube, cwd=tmp_path)
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
+                     products=("image", "residual", "model", "psf", "pb", "sumwt"))
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    assert report["iteration"] == "cube" and report["iteration_summary"]["iterdone"] > 0
+    assert_no_job_left("sge")
+
+
 @pytest.mark.slurm
 def test_pbs_syntax_through_torque_wrappers(pbs, tmp_path, ngc5921_ms, serial_reference):
     """Also whole-cube iteration (niter > 0) through batch workers: the controller in the driver, the
