@@ -24,6 +24,7 @@ from ..imaging import casa_setup
 from ..inputs.site_profile import walltime_seconds
 from ..run.security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
 from .base import Backend, worker_process_config
+from .job_workers import has_worker, worker_names
 
 JOB_TEMPLATES = Path(__file__).parents[1] / "jobs"
 DRIVER_MEMORY_MIB = 4096  # the driver job: the dask scheduler and the final concatenation
@@ -210,12 +211,3 @@ def _cancel_now_and_exit(cluster) -> None:
     if job_ids:
         subprocess.run(shlex.split(cluster.job_cls.cancel_command) + job_ids, capture_output=True, timeout=30)
     os._exit(130)
-
-
-def worker_names(scheduler_info: dict) -> list[str]:
-    return [str(w["name"]) for w in scheduler_info.get("workers", {}).values()]
-
-
-def has_worker(job, connected: list[str]) -> bool:
-    """A job's workers are named after it: the job's name, or ``name-0``, ``name-1``... with several."""
-    return any(w == str(job) or w.startswith(f"{job}-") for w in connected)

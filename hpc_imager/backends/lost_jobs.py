@@ -6,7 +6,7 @@ import asyncio
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from .jobqueue import has_worker, worker_names
+from .job_workers import has_worker, worker_names
 
 
 class LostJobs(SchedulerPlugin):
