@@ -82,20 +82,23 @@ def wait_until_done(driver: subprocess.Popen, run_dir: Path, chunks: int) -> Non
         time.sleep(0.2)
 
 
-def cancel_a_job_mid_run(driver: subprocess.Popen, wait: Callable[[], None], jobs: int, timeout: float) -> str:
-    """After ``wait()``, scancel the first of the run's ``jobs`` Slurm jobs and let the driver finish
-    (it must succeed); the cancelled job's id."""
+def cancel_jobs_mid_run(driver: subprocess.Popen, wait: Callable[[], None], jobs: int, timeout: float,
+                        cancel: int = 1) -> list[str]:
+    """After ``wait()``, scancel ``cancel`` of the run's ``jobs`` Slurm jobs and let the driver finish
+    (it must succeed, having said it replaced each); the cancelled jobs' ids."""
     try:
         wait()
         running = our_slurm_jobs()
         assert len(running) == jobs
-        subprocess.run(["scancel", running[0]], check=True)
+        subprocess.run(["scancel", *running[:cancel]], check=True)
         _, stderr = driver.communicate(timeout=timeout)
     finally:
         if driver.poll() is None:
             driver.kill()
     assert driver.returncode == 0, stderr
-    return running[0]
+    for job in running[:cancel]:
+        assert f"batch job {job} has had no worker" in stderr, stderr
+    return running[:cancel]
 
 
 def single_worker_jobs(site: Path, tmp_path: Path) -> Path:
@@ -170,7 +173,7 @@ def test_slurm_worker_job_cancelled_mid_run_is_replaced_and_the_cube_completes(w
     run_dir = tmp_path / "cube.hpcrun"
     site = single_worker_jobs(slurm, tmp_path) if workers_per_job == 1 else slurm
     driver = start_driver(site, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cancelled = cancel_a_job_mid_run(driver, lambda: wait_until_done(driver, run_dir, 3), 2 // workers_per_job, 400)
+    cancelled = cancel_jobs_mid_run(driver, lambda: wait_until_done(driver, run_dir, 3), 2 // workers_per_job, 400)
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
     job_logs = {p.stem for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
     assert len(job_logs) > 2 // workers_per_job, f"a replacement job was submitted after scancel {cancelled}: {job_logs}"
@@ -292,8 +295,10 @@ def test_slurm_chunk_killed_for_memory_is_retried_with_more_memory(mode, slurm, 
 
 @pytest.mark.slurm
 def test_slurm_whole_cube_iteration_worker_job_cancelled_mid_cycles(slurm, tmp_path, ngc5921_ms, serial_reference):
-    """niter > 0: a worker job lost during the cycles is replaced and the step's unfinished chunks run
-    again (each step writes a chunk's images by renaming a finished copy into place)."""
+    """niter > 0: worker jobs lost during the cycles are replaced and the step's unfinished chunks run
+    again (each step writes a chunk's images by renaming a finished copy into place). Both jobs are
+    cancelled, so only the replacements can finish the cube: with one of two cancelled, the other job
+    once did the remaining cycles before the lost one was noticed, and nothing was replaced."""
     tclean = {"nchan": 8, "imsize": [128, 128], "niter": 400, "cycleniter": 25}
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
     run_dir = tmp_path / "cube.hpcrun"
@@ -307,13 +312,13 @@ def test_slurm_whole_cube_iteration_worker_job_cancelled_mid_cycles(slurm, tmp_p
             assert driver.poll() is None and time.time() < deadline, "no iteration step finished"
             time.sleep(0.2)
 
-    cancelled = cancel_a_job_mid_run(driver, an_iteration_step_finished, 2, 600)
+    cancelled = cancel_jobs_mid_run(driver, an_iteration_step_finished, 2, 600, cancel=2)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["iteration"] == "cube" and report["iteration_summary"]["iterdone"] > 0
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
                      products=("image", "residual", "model", "psf", "pb", "sumwt"))
     job_logs = {p.stem for p in (run_dir / "logs" / "jobs").glob("hpc-imager-*.err")}
-    assert len(job_logs) > 2, f"a replacement job was submitted after scancel {cancelled}: {job_logs}"
+    assert len(job_logs) > 2, f"replacement jobs ran after scancel {cancelled}: {job_logs}"
     assert_no_job_left()
 
 

@@ -27,12 +27,15 @@ def test_memory_kills_are_recognised_from_the_error_or_the_logs():
     assert not ran_out_of_memory("KilledWorker", "", ["segfault"], SLURM.memory_signs)
 
 
-def test_a_job_is_lost_once_its_workers_connected_and_are_all_gone():
-    from hpc_imager.backends.lost_jobs import lost_jobs
+def test_a_job_is_lost_once_its_workers_connected_and_have_all_been_gone_a_while():
+    from hpc_imager.backends.lost_jobs import lost_jobs, without_workers
 
     jobs = ["SLURMCluster-0", "SLURMCluster-1", "SLURMCluster-2"]
     started = {"SLURMCluster-0", "SLURMCluster-1"}  # SLURMCluster-2 is still in the queue
     connected = ["SLURMCluster-1-0"]  # one of SLURMCluster-1's two workers is left
-    assert lost_jobs(jobs, started, connected) == ["SLURMCluster-0"]
-    assert lost_jobs(jobs, started, ["SLURMCluster-0", "SLURMCluster-1-1"]) == []
-    assert lost_jobs(["SLURMCluster-1"], {"SLURMCluster-1"}, ["SLURMCluster-10"]) == ["SLURMCluster-1"]
+    assert without_workers(jobs, started, connected, {}, 100.0) == {"SLURMCluster-0": 100.0}
+    assert without_workers(jobs, started, connected, {"SLURMCluster-0": 90.0}, 100.0) == {"SLURMCluster-0": 90.0}
+    assert without_workers(jobs, started, ["SLURMCluster-0", "SLURMCluster-1-1"], {"SLURMCluster-0": 90.0}, 100.0) == {}
+    assert without_workers(["SLURMCluster-1"], {"SLURMCluster-1"}, ["SLURMCluster-10"], {}, 1.0) == {"SLURMCluster-1": 1.0}
+    # a worker its nanny restarts is back within the grace; a cancelled job's are not
+    assert lost_jobs({"SLURMCluster-0": 96.0, "SLURMCluster-1": 94.0}, 100.0, grace=5) == ["SLURMCluster-1"]

@@ -34,7 +34,6 @@ DRIVER_MEMORY_MIB = 4096  # the driver job: the dask scheduler and the final con
 # one walltime finishes, and no chunk is cut off by the batch system's kill.
 RETIRE_BEFORE_WALLTIME = 600
 RETIRE_STAGGER = 300
-LOST_JOB_CHECK_SECONDS = 5
 
 
 def mebibytes(n: float) -> int:
@@ -148,7 +147,7 @@ class JobqueueBackend(Backend):
         """
         from distributed import Client
 
-        from .lost_jobs import LostJobs
+        from .lost_jobs import LOST_JOB_CHECK_SECONDS, LostJobs
 
         casa_setup.configure_offline()
         cluster_class = self.cluster_class()
