@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 from ..imaging.channel_grid import ChannelGrid, channel_frequencies, resolve_grid, spectral_axis
@@ -82,7 +83,10 @@ def tclean_value_rules() -> dict[str, dict]:
     read from the schema its task wrapper validates with (casatasks/tclean.py), so they are the
     installed tclean's and never a copy that drifts. The schema is a literal inside ``__call__``."""
     source = Path(importlib.util.find_spec("casatasks.tclean").origin).read_text()
-    for node in ast.walk(ast.parse(source)):
+    with warnings.catch_warnings():  # its docstring's "\*" is an invalid escape to a parser
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "schema":
             rules = {}
             for key, value in zip(node.value.keys, node.value.values):
