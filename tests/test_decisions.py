@@ -39,3 +39,13 @@ def test_a_job_is_lost_once_its_workers_connected_and_have_all_been_gone_a_while
     assert without_workers(["SLURMCluster-1"], {"SLURMCluster-1"}, ["SLURMCluster-10"], {}, 1.0) == {"SLURMCluster-1": 1.0}
     # a worker its nanny restarts is back within the grace; a cancelled job's are not
     assert lost_jobs({"SLURMCluster-0": 96.0, "SLURMCluster-1": 94.0}, 100.0, grace=5) == ["SLURMCluster-1"]
+
+
+def test_a_part_is_cut_where_the_target_tiles_begin():
+    from hpc_imager.run.concat import tile_rows
+
+    assert tile_rows(8, 8, 7) == [(0, 5), (6, 7)]  # channels 8-13 and 14-15 of tiles 7-13 and 14-20
+    assert tile_rows(14, 7, 7) == [(0, 6)]  # aligned: one piece
+    assert tile_rows(60, 3, 7) == [(0, 2)]
+    assert tile_rows(0, 20, 7) == [(0, 6), (7, 13), (14, 19)]
+    assert tile_rows(5, 4, 1) == [(0, 0), (1, 1), (2, 2), (3, 3)]

@@ -67,6 +67,31 @@ def _image_info(path) -> dict:
         tb.done()
 
 
+def _tile_depth(path) -> int:
+    """How many channels one of the image's tiles spans (casacore's tiles along the last axis; where
+    the table does not say, as if one tile spanned them all: the part goes in one piece)."""
+    from casatools import table
+
+    tb = table()
+    tb.open(str(path))
+    try:
+        tiled = [dm["SPEC"] for dm in tb.getdminfo().values() if "map" in list(dm.get("COLUMNS", []))]
+        return int(tiled[0]["DEFAULTTILESHAPE"][-1]) if tiled and "DEFAULTTILESHAPE" in tiled[0] else 2**31
+    finally:
+        tb.done()
+
+
+def tile_rows(first: int, nchan: int, depth: int) -> list[tuple[int, int]]:
+    """A part of ``nchan`` channels placed at channel ``first``, cut where the target's tiles of
+    ``depth`` channels begin: each piece's (first, last) channel within the part.
+
+    One ``insert`` per piece: an 8-channel 1024² part into tiles 7 channels deep took 0.51 s of CPU
+    and wrote 393 MiB cut so, against 0.88 s and 644 MiB in one call (7 parts into one product,
+    measured in one process); NGC5921's 63 channels are tiled 7 deep, serial's image too."""
+    cuts = [first] + [c for c in range(first + 1, first + nchan) if c % depth == 0] + [first + nchan]
+    return [(a - first, b - 1 - first) for a, b in zip(cuts, cuts[1:])]
+
+
 def _put_image_info(path, info: dict) -> None:
     from casatools import table
 
@@ -135,6 +160,7 @@ class CubeAssembly:
         self._handed: set[int] = set()
         self._beams: dict[str, dict[int, list]] = {}  # product -> chunk -> per plane, per stokes (placing thread)
         self._beamless: set[str] = set()
+        self._tile_depths: dict[str, int] = {}  # product -> channels per tile of its staged image
         self._thread: threading.Thread | None = None
         self._closing = False
         self._error: ConcatError | None = None
@@ -244,21 +270,30 @@ class CubeAssembly:
                 self._todo.task_done()
 
     def _place(self, chunk: Chunk, create: bool) -> None:
-        from casatools import image
+        from casatools import image, regionmanager
 
+        regions = regionmanager()
         part = part_path(self.run_dir, chunk)
         if create:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging.mkdir(parents=True)
+            self._tile_depths.clear()
         for product in self._products():
             source, target = image(), image()
             source.open(str(part / f"part.{product}"))
             try:
                 if create:
                     self._create(source, f"{self.staged_name}.{product}")
-                target.open(f"{self.staged_name}.{product}")
+                staged = f"{self.staged_name}.{product}"
+                if product not in self._tile_depths:
+                    self._tile_depths[product] = _tile_depth(staged)
+                target.open(staged)
                 # pixels and pixel mask, copied inside casacore (no part-sized numpy copy in the driver)
-                target.insert(infile=str(part / f"part.{product}"), locate=[0] * (len(source.shape()) - 1) + [chunk.first])
+                shape = [int(n) for n in source.shape()]
+                for a, b in tile_rows(chunk.first, shape[-1], self._tile_depths[product]):
+                    piece = regions.box(blc=[0] * (len(shape) - 1) + [a], trc=[n - 1 for n in shape[:-1]] + [b])
+                    target.insert(infile=str(part / f"part.{product}"), region=piece,
+                                  locate=[0] * (len(shape) - 1) + [chunk.first + a])
                 self._keep_beams(source, product, chunk)
             finally:
                 target.done()
