@@ -279,12 +279,12 @@ class CubeAssembly:
             self.staging.mkdir(parents=True)
             self._tile_depths.clear()
         for product in self._products():
+            part_image, staged = str(part / f"part.{product}"), f"{self.staged_name}.{product}"
             source, target = image(), image()
-            source.open(str(part / f"part.{product}"))
+            source.open(part_image)
             try:
                 if create:
-                    self._create(source, f"{self.staged_name}.{product}")
-                staged = f"{self.staged_name}.{product}"
+                    self._create(source, staged)
                 if product not in self._tile_depths:
                     self._tile_depths[product] = _tile_depth(staged)
                 target.open(staged)
@@ -292,8 +292,7 @@ class CubeAssembly:
                 shape = [int(n) for n in source.shape()]
                 for a, b in tile_rows(chunk.first, shape[-1], self._tile_depths[product]):
                     piece = regions.box(blc=[0] * (len(shape) - 1) + [a], trc=[n - 1 for n in shape[:-1]] + [b])
-                    target.insert(infile=str(part / f"part.{product}"), region=piece,
-                                  locate=[0] * (len(shape) - 1) + [chunk.first + a])
+                    target.insert(infile=part_image, region=piece, locate=[0] * (len(shape) - 1) + [chunk.first + a])
                 self._keep_beams(source, product, chunk)
             finally:
                 target.done()
