@@ -19,12 +19,15 @@ def test_calibration_predicts_unfitted_tasks_within_minus_5_plus_20_percent(tmp_
     site = tmp_path / "here.toml"
     shutil.copyfile(Path(__file__).parents[1] / "site_profiles" / "local.toml", site)
 
-    fitted = json.loads(run_cli("calibrate", "--site", site, cube, "--sizes", "256x4,1024x4", "--json").stdout)
+    result = run_cli("calibrate", "--site", site, cube, "--sizes", "256x4,1024x4", "--json")
+    assert result.stderr == "", "the workers' restarts between samples stay in the calibration's logs"
+    fitted = json.loads(result.stdout)
 
     assert fitted["stored_in"] == str(site)
     assert all(-0.001 <= e <= 0.05 for e in fitted["error_after"]), fitted["error_after"]
     calibration = load_site(str(site)).calibration_for("standard", "hogbom")
-    assert calibration and 20 < calibration.bytes_per_pixel_channel < 120 and 0.2 < calibration.base_gib < 0.6
+    # a worker imaging with casatools alone (niter 0) holds about 0.19 GiB before its task
+    assert calibration and 20 < calibration.bytes_per_pixel_channel < 120 and 0.15 < calibration.base_gib < 0.6
     assert "# This machine" in site.read_text(), "the sysadmin's comments are kept"
 
     unfitted = json.loads(run_cli("calibrate", "--site", site, cube, "--sizes", "512x8,768x4,1024x8",

@@ -35,7 +35,7 @@ WORKER_MEMORY_CONFIG = {
 # once) also turns off glibc's adaptive mmap threshold: every image-sized buffer CASA allocates is then
 # a fresh mmap, faulted in page by page and unmapped again. Measured on NGC5921 1024², 63 channels in
 # 8 tasks, 2 workers (4 paired runs): system time 30.6 s → 21.0 s, the run 12 % faster, peak RSS +1 %.
-# image_chunk gives freed memory back with malloc_trim after each task instead.
+# casa_imager.return_freed_heap gives freed memory back after each imaging step and task instead.
 WORKER_ENVIRON_UNSET = ("MALLOC_TRIM_THRESHOLD_",)
 
 

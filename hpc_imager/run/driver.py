@@ -26,9 +26,8 @@ from ..errors import RunFailed
 from ..imaging import casa_setup
 from ..imaging.channel_grid import ChannelGrid, Chunk
 from ..imaging.cycle_tasks import restore_chunk
-from ..imaging.casa_imager import chunking_caveats, tools_reproduce_tclean
-from ..imaging.imager_records import imager_records
-from ..imaging.imaging_task import image_chunk, image_chunk_with_tools, part_path
+from ..imaging.casa_imager import chunking_caveats
+from ..imaging.imaging_task import part_path, whole_chunk_task
 from ..imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
 from ..imaging.worker_plugin import PrepareWorker
 from ..inputs.cube_spec import CubeSpec
@@ -83,14 +82,8 @@ class RunContext:
         return params
 
     def chunk_task(self) -> tuple[Callable, Callable[[Chunk], object]]:
-        """The task that images a whole chunk and what it is given for each chunk: at ``niter=0``
-        tclean's own steps on casatools alone, from records the driver makes (the workers never load
-        casatasks: 4.8 s of import for two workers at once on 2 cores, and 0.9 s longer to exit);
-        otherwise tclean itself, each chunk cleaned with its own iteration control (per-chunk)."""
-        params = self.tclean_params
-        if params["niter"] == 0 and tools_reproduce_tclean(params):
-            return image_chunk_with_tools, lambda chunk: imager_records(params, chunk)
-        return image_chunk, lambda chunk: params
+        """The task that images a whole chunk of this run, and what it is given for each chunk."""
+        return whole_chunk_task(self.tclean_params)
 
     def log_texts(self) -> Iterator[str]:
         """The run's worker and job logs, where distributed's nanny and the batch system write kills."""

@@ -3,8 +3,8 @@
 Samples come from test tasks run for the purpose (:func:`measure`) or from the chunks of finished
 runs (:func:`samples_from_reports`: every report.json holds each chunk's measured peak). Each
 sample is a real imaging task (the cube's own keywords, at a given image size and number of
-channels) run on a worker started exactly as ``submit`` starts them; its peak RSS and wall time
-are measured by the task itself. A least-squares line through the samples gives the base and the
+channels), the task ``submit`` would run, on a worker started exactly as ``submit`` starts them;
+its peak RSS and wall time are measured by the task itself. A least-squares line through the samples gives the base and the
 bytes per pixel per channel (and seconds per megapixel-channel) for the cube's gridder and
 deconvolver, which are then stored in the site's TOML as a ``[[calibration]]`` table.
 """
@@ -23,10 +23,11 @@ import tomlkit
 from ..backends import backend_for
 from ..errors import UserError
 from ..imaging.channel_grid import resolve_grid
-from ..imaging.imaging_task import image_chunk
+from ..imaging.imaging_task import whole_chunk_task
 from ..imaging.worker_plugin import PrepareWorker
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import Calibration, SiteProfile
+from ..run.logs import send_dask_logs_to
 from .estimate import GIB, MEMORY_TERMS, cube_facts, estimate_task, image_pixels, stokes_planes
 from .plan import make_plan
 
@@ -47,18 +48,28 @@ def _sample_spec(spec: CubeSpec, imsize: int, channels: int) -> CubeSpec:
 
 
 def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], work_dir: Path) -> list[Sample]:
-    """Run one real task per (imsize, channels) on one worker of ``site``; smallest first."""
+    """Run one real task per (imsize, channels) on one worker of ``site``, restarted before each.
+
+    A run's worker images tasks of one size, each peaking where the first did (NGC5921 512²×8, 4
+    in a row: 0.290-0.291 GiB). A worker that imaged other sizes first does not: what CASA keeps
+    from them moved a task's peak by up to 5 % (768²×4: 0.304 GiB in a fresh worker, twice;
+    0.321-0.324 after other sizes), and that put the calibrated line 6 % under a 768²×4 task."""
     sizes = sorted(sizes, key=lambda s: s[0] * s[0] * s[1])
     largest = _sample_spec(spec, *sizes[-1])
     plan = make_plan(largest, site, estimate_task(largest, site, cube_facts(largest)), chunks=1)
     grid = resolve_grid(spec.tclean)
     samples = []
+    (work_dir / "logs").mkdir(parents=True, exist_ok=True)
+    send_dask_logs_to(open(work_dir / "logs" / "calibrate.dask.log", "a", buffering=1))  # the restarts' warnings
     with backend_for(site).cluster(plan, site, work_dir) as client:
         client.register_plugin(PrepareWorker(str(work_dir)))
         for attempt, (imsize, channels) in enumerate(sizes, start=1):
+            if attempt > 1:
+                client.restart()  # a fresh worker for every sample, as every run's worker starts
             chunk = grid.chunks(channels)[0]
             params = dict(spec.tclean.model_dump(), imsize=[imsize, imsize], imagename=str(work_dir / "sample"))
-            metrics = client.submit(image_chunk, params, chunk, str(work_dir), attempt, pure=False).result()
+            task, inputs = whole_chunk_task(params)
+            metrics = client.submit(task, inputs(chunk), chunk, str(work_dir), attempt, pure=False).result()
             shutil.rmtree(work_dir / "parts", ignore_errors=True)
             pixels = imsize * imsize * stokes_planes(spec.tclean.stokes)
             samples.append(Sample(imsize, chunk.nchan, pixels * chunk.nchan, metrics["peak_rss_bytes"] / GIB,
