@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -289,6 +290,9 @@ def main() -> None:
     parser.add_argument("--no-repeat", action="store_true", help="Do not run serial tclean again after the others.")
     parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
     parser.add_argument("--replot", type=Path, help="Draw the PNG of an earlier run's JSON again, measure nothing.")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="Keep the work directory (the MSs, every tool's cubes and run directories: "
+                             "about 20 GB at the full sizes; two kept runs filled this machine's /tmp).")
     args = parser.parse_args()
     if args.replot:
         plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
@@ -330,7 +334,11 @@ def main() -> None:
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2))  # after every part: a killed run keeps them
         if results["cubes"]:
             plot(results, stem.with_suffix(".png"))
-    print(f"wrote {stem}.json and .png; work directory (not removed) {work}")
+    if args.keep_work:
+        print(f"wrote {stem}.json and .png; work directory kept: {work}")
+    else:
+        shutil.rmtree(work)
+        print(f"wrote {stem}.json and .png; removed the work directory {work} (--keep-work keeps it)")
 
 
 if __name__ == "__main__":
