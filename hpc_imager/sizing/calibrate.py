@@ -52,7 +52,7 @@ def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], wor
 
     A run's worker images tasks of one size, each peaking where the first did (NGC5921 512²×8, 4
     in a row: 0.290-0.291 GiB). A worker that imaged other sizes first does not: what CASA keeps
-    from them moved a task's peak by up to 5 % (768²×4: 0.304 GiB in a fresh worker, twice;
+    from them moved a task's peak by up to 7 % (768²×4: 0.304 GiB in a fresh worker, twice;
     0.321-0.324 after other sizes), and that put the calibrated line 6 % under a 768²×4 task."""
     sizes = sorted(sizes, key=lambda s: s[0] * s[0] * s[1])
     largest = _sample_spec(spec, *sizes[-1])
