@@ -4,9 +4,10 @@ Samples come from test tasks run for the purpose (:func:`measure`) or from the c
 runs (:func:`samples_from_reports`: every report.json holds each chunk's measured peak). Each
 sample is a real imaging task (the cube's own keywords, at a given image size and number of
 channels), the task ``submit`` would run, on a worker started exactly as ``submit`` starts them;
-its peak RSS and wall time are measured by the task itself. A least-squares line through the samples gives the base and the
-bytes per pixel per channel (and seconds per megapixel-channel) for the cube's gridder and
-deconvolver, which are then stored in the site's TOML as a ``[[calibration]]`` table.
+its peak RSS and wall time are measured by the task itself. A least-squares line through the
+samples gives the base and the bytes per pixel per channel (and seconds per megapixel-channel) for
+the cube's gridder and deconvolver, which are then stored in the site's TOML as a
+``[[calibration]]`` table.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def measure(spec: CubeSpec, site: SiteProfile, sizes: list[tuple[int, int]], wor
     """Run one real task per (imsize, channels) on one worker of ``site``, restarted before each.
 
     A run's worker images tasks of one size, each peaking where the first did (NGC5921 512²×8, 4
-    in a row: 0.290-0.291 GiB). A worker that imaged other sizes first does not: what CASA keeps
+    in a row: 0.289-0.291 GiB). A worker that imaged other sizes first does not: what CASA keeps
     from them moved a task's peak by up to 7 % (768²×4: 0.304 GiB in a fresh worker, twice;
     0.321-0.324 after other sizes), and that put the calibrated line 6 % under a 768²×4 task."""
     sizes = sorted(sizes, key=lambda s: s[0] * s[0] * s[1])
