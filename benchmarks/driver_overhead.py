@@ -1,8 +1,8 @@
 """The driver's own cost per task: trivial tasks through the real driver loop.
 
-``driver._run_chunks`` is the loop every run goes through (journal fsync per event, progress bar,
-job counts, retries, refilling the window). Its task function (``RunContext.chunk_task``) is swapped for one that returns at
-once (1 % of tasks fail on their first attempt, to exercise the retry path), so the wall time per
+``task_loop.run_tasks`` is the loop every mode's tasks go through (journal fsync per event, progress
+bar, job counts, retries, refilling the window). It is given, as whole-chunk modes give it, tasks whose
+function returns at once (1 % of tasks fail on their first attempt, to exercise the retry path), so the wall time per
 task is what the driver and dask add to every task. On a shared machine the wall time also holds the
 scheduler's and workers' waits for a core; the driver process's CPU time per task does not.
 """
@@ -32,12 +32,6 @@ class NoParts:
 
 
 def measure(tasks: int, run_dir: str) -> dict:
-    from hpc_imager.run import driver
-
-    class TrivialTasks(driver.RunContext):
-        def chunk_task(self):  # the injection point: everything else is the real loop
-            return trivial_task, lambda chunk: None
-
     from distributed import Client, LocalCluster
     from rich.console import Console
 
@@ -45,7 +39,9 @@ def measure(tasks: int, run_dir: str) -> dict:
     from hpc_imager.imaging.channel_grid import ChannelGrid, Chunk
     from hpc_imager.inputs.cube_spec import parse_cube_spec
     from hpc_imager.inputs.site_profile import load_site
+    from hpc_imager.run.context import RunContext
     from hpc_imager.run.journal import Journal
+    from hpc_imager.run.task_loop import Tasks, run_tasks
     from hpc_imager.sizing.estimate import TaskEstimate
     from hpc_imager.sizing.plan import make_plan
 
@@ -56,15 +52,18 @@ def measure(tasks: int, run_dir: str) -> dict:
     journal = Journal.create(run_dir, {"fingerprint": "overhead", "imagename": "none", "nchan": tasks,
                                        "channels_per_task": 1})
     site = load_site("local")
-    run = TrivialTasks(spec, site, backend_for(site), run_dir, journal, Console(stderr=True),
-                       ChannelGrid(tasks, "channel", 0, 1, "", "LSRK"), chunks, NoParts())
+    run = RunContext(spec, site, backend_for(site), run_dir, journal, Console(stderr=True),
+                     ChannelGrid(tasks, "channel", 0, 1, "", "LSRK"), chunks, NoParts())
+    # as a whole-chunk mode's tasks (modes/whole_chunks.py): each done chunk journalled and handed on
+    trivial = Tasks(trivial_task, lambda chunk: None, "imaging",
+                    lambda chunk, attempt, metrics: (journal.done(chunk.index, metrics), run.assembly.arrived(chunk)))
 
     plan = make_plan(spec, site, TaskEstimate(0.1, 0.01, 1, 1, "default", {}), tasks)  # the local site's, 2 workers
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.submit(lambda: 0).result()  # workers up before the clock starts
         started, cpu = time.time(), time.process_time()
-        outcome = driver._run_chunks(run, client, plan, chunks)
+        outcome = run_tasks(run, client, plan, trivial, chunks)
         seconds, cpu = time.time() - started, time.process_time() - cpu
     assert not outcome.lost, outcome.lost
     return {"tasks": tasks, "failures_retried": len(outcome.failures), "seconds": round(seconds, 2),

@@ -312,7 +312,8 @@ def run(args) -> None:
 def report(args) -> None:
     """Every measured row: measured, the model's estimate (hpc_imager/sizing/estimate.py's constants), and
     the estimate of terms fitted without that row (leave-one-out); the refitted constants."""
-    from hpc_imager.sizing.estimate import MEMORY_TERMS, fit_memory_terms, leave_one_out, peak_phase
+    from benchmarks.memory_fit import fit_memory_terms, leave_one_out
+    from hpc_imager.sizing.estimate import MEMORY_TERMS, peak_phase
 
     casa_setup.configure_offline()
     work = Path(args.work)

@@ -121,14 +121,10 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
     """Estimate the peak memory of ONE task (one chunk of channels_per_task channels).
 
     With --probe, image the cube's first chunk on one worker of the site and report its measured peak."""
-    from .inputs.preflight import check_cube
-    from .sizing.chunk_size import with_channels_per_task
-    from .sizing.estimate import cube_facts, estimate_task
+    from .sizing.cube_sizing import size_cube
 
-    grid = check_cube(spec)  # an estimate for a cube tclean would reject is no use
-    facts = cube_facts(spec)
-    spec = with_channels_per_task(spec, profile, grid, facts)
-    result = estimate_task(spec, profile, facts)
+    sized = size_cube(spec, profile)  # an estimate for a cube tclean would reject is no use
+    spec, result = sized.spec, sized.estimate
     if spec.parallel.probe is True:
         from .run.driver import probe_cube
 
@@ -148,17 +144,11 @@ def estimate(spec: CubeSpec, profile, as_json: bool) -> None:
 def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
-    from .inputs.preflight import check_cube
-    from .sizing.chunk_size import with_channels_per_task
-    from .sizing.estimate import cube_facts, estimate_task
-    from .sizing.plan import make_plan
+    from .sizing.cube_sizing import size_cube
 
-    grid = check_cube(spec)
-    facts = cube_facts(spec)
-    spec = with_channels_per_task(spec, profile, grid, facts)
-    chunks = grid.chunks(spec.parallel.channels_per_task)
-    the_plan = make_plan(spec, profile, estimate_task(spec, profile, facts), len(chunks))
-    script = backend_for(profile).job_script(the_plan, profile, spec.run_directory)
+    sized = size_cube(spec, profile)
+    the_plan = sized.plan
+    script = backend_for(profile).job_script(the_plan, profile, sized.spec.run_directory)
     if as_json:
         click.echo(json.dumps(the_plan.as_dict() | {"job_script": script}, indent=2))
     else:

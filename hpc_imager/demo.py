@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import RunFailed
 from .imaging import casa_setup
-from .run.logs import casa_messages_to
+from .logs import casa_messages_to
 
 DEMO_CUBE = Path(__file__).with_name("ngc5921.toml")
 

@@ -9,14 +9,12 @@ from dataclasses import replace
 
 import pytest
 
+from benchmarks.memory_fit import FIT_FLOOR, fit_memory_terms, leave_one_out
 from hpc_imager.sizing.estimate import (
-    FIT_FLOOR,
     GIB,
     MEMORY_TERMS,
     MsFacts,
     TaskShape,
-    fit_memory_terms,
-    leave_one_out,
     memory_phases,
     memory_surprise,
     next_even_composite,

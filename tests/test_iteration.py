@@ -154,9 +154,18 @@ def test_a_run_killed_between_cycles_resumes_from_its_last_cycle(tmp_path, ngc59
         while not (journal.exists() and journal.read_text().count('"kind": "cycle"') >= 2):
             assert driver.poll() is None and time.time() < deadline, "the driver ended before its second cycle"
             time.sleep(0.5)
+        running = json.loads(run_cli("status", tmp_path / "cube.hpcrun", "--json").stdout)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
+    # status of a whole-cube run while it cleans: no chunk done before its restore, every chunk in its
+    # steps, no step counted as a retry, the cleaning's own progress
+    assert (running["mode"], running["status"], running["chunks"], running["done"]) == ("cube", "running", 2, 0)
+    assert running["running"] == 2 and running["failed_attempts"] == 0 and running["retried_chunks"] == []
+    assert running["progress"]["cycles_done"] >= 2 and running["progress"]["iterdone"] >= 240
+    assert running["eta_seconds"] is None and len(running["workers_seen"]) >= 1
+    stopped = run_cli("status", tmp_path / "cube.hpcrun").stdout
+    assert "): stopped" in stopped.splitlines()[0] and "cleaning: " in stopped
     steps_before = [json.loads(line)["step"] for line in journal.read_text().splitlines()
                     if '"iteration step"' in line]
     assert not (tmp_path / "cube.image").exists()
@@ -174,6 +183,19 @@ def test_a_run_killed_between_cycles_resumes_from_its_last_cycle(tmp_path, ngc59
     assert sorted(m["chunk"] for m in report["chunk_metrics"]) == [0, 1]
     assert all(0.1 * 2**30 < m["peak_rss_bytes"] < 4 * 2**30 and m["estimated_peak_bytes"] > 0
                for m in report["chunk_metrics"])
+    finished = json.loads(run_cli("status", tmp_path / "cube.hpcrun", "--json").stdout)
+    assert (finished["status"], finished["done"], finished["running"], finished["placed"]) == ("complete", 2, 0, 2)
+    assert finished["failed_attempts"] == 0 and finished["progress"]["restored"]
+    assert finished["progress"]["iterdone"] == returned["iterdone"]
+    text = run_cli("status", tmp_path / "cube.hpcrun").stdout
+    assert f"{returned['iterdone']} iterations" in text and "2 done, 0 running" in text
+    from hpc_imager.run.report_plot import timeline
+
+    bars = timeline(tmp_path / "cube.hpcrun")  # every chunk's steps, the cycles and the restore among them
+    assert {(b.chunk, b.step) for b in bars if b.step in ("restore", "cycle 3")} == {
+        (0, "restore"), (1, "restore"), (0, "cycle 3"), (1, "cycle 3")}
+    assert all(b.kind == "step" and b.row.startswith(("0", "1")) for b in bars)
+    assert (tmp_path / "cube.hpcrun" / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _data_channel_frequencies(ms: Path) -> tuple[float, ...]:

@@ -277,3 +277,13 @@ def test_limits_render_exactly_in_dask_jobqueue():
         limit = renderable_limit(need)
         assert need <= limit < need + 0.011 * GIB
         assert parse_bytes(format_bytes(limit)) == limit
+
+
+def test_a_local_site_plans_one_machine_and_refuses_more_jobs():
+    local = site("local", "dedicated")
+    assert local.max_jobs == 1  # not the batch sites' default of 100
+    plan = make_plan(spec(channels_per_task=1), local, task(0.5), chunks=200)
+    assert (plan.jobs, plan.workers) == (1, 16)  # the node's cores, not 100 nodes' worth
+    assert site("slurm", "dedicated").max_jobs == 100
+    with pytest.raises(ValueError, match="max_jobs: a 'local' site runs on this one machine"):
+        site("local", "dedicated", max_jobs=4)

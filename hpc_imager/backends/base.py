@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, ContextManager, Iterator
 
 import dask
 
+from ..sizing.plan import TERMINATE_FRACTION
+
 if TYPE_CHECKING:
     from distributed import Client
     from distributed.security import Security
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from ..inputs.site_profile import SiteProfile
     from ..sizing.plan import Plan
 
-TERMINATE_FRACTION = 0.95
 WORKER_MEMORY_CONFIG = {
     "distributed.worker.memory.target": False,
     "distributed.worker.memory.spill": False,
@@ -61,10 +62,6 @@ class Backend(ABC):
 
     name: str
     memory_signs: tuple[str, ...] = MEMORY_SIGNS  # text in a task's error or the run's logs after a memory kill
-
-    @abstractmethod
-    def most_jobs(self, site: "SiteProfile") -> int:
-        """How many jobs (nodes) one run may hold at once."""
 
     @contextlib.contextmanager
     def cluster(self, plan: "Plan", site: "SiteProfile", run_dir: Path) -> Iterator["Client"]:

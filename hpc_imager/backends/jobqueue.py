@@ -22,7 +22,7 @@ from tornado.ioloop import PeriodicCallback
 
 from ..imaging import casa_setup
 from ..inputs.site_profile import walltime_seconds
-from ..run.security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
+from .security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
 from .base import Backend, worker_process_config
 from .job_workers import has_worker, worker_names
 
@@ -93,9 +93,6 @@ class JobqueueBackend(Backend):
     def job_kwargs(self, plan, site) -> dict:
         """This scheduler's memory, exclusivity and accounting options for dask-jobqueue."""
         raise NotImplementedError
-
-    def most_jobs(self, site) -> int:
-        return site.max_jobs
 
     def jobqueue_kwargs(self, plan, site, run_dir: Path | None = None) -> dict:
         """Keyword arguments for the site's dask-jobqueue cluster class, from the plan."""

@@ -17,9 +17,6 @@ from .base import Backend, worker_process_config
 class LocalBackend(Backend):
     name = "local"
 
-    def most_jobs(self, site) -> int:
-        return 1  # one machine
-
     @contextlib.contextmanager
     def _client(self, plan, site, run_dir: Path) -> Iterator:
         from distributed import Client, LocalCluster

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 
@@ -23,8 +22,9 @@ class LostJobs(SchedulerPlugin):
 
     distributed replaces a lost job only when the job runs a single worker: with several workers per
     job their names carry suffixes and the job is never noticed. A check every second on the
-    cluster's event loop forgets a lost job and lets the cluster submit a fresh one under the same
-    name. A job counts as started when one of its workers connects (this plugin, on the scheduler), not
+    cluster's event loop takes a lost job's spec out of the cluster's ``worker_spec`` and scales back
+    to as many jobs as before, through SpecCluster's public ``worker_spec`` and ``scale``: the cluster
+    then cancels the lost job itself and submits a fresh one under a new name. A job counts as started when one of its workers connects (this plugin, on the scheduler), not
     when a check finds it: a job cancelled between two checks was otherwise never replaced (measured:
     with casatools-only workers a job's two workers had done three chunks 2 s after they connected).
     """
@@ -48,11 +48,12 @@ class LostJobs(SchedulerPlugin):
         for name in lost_jobs(self.without_workers, now, RESTART_GRACE_SECONDS):
             self.started.discard(name)
             del self.without_workers[name]
-            job = self.cluster.workers.pop(name)
+            job = self.cluster.workers[name]
             print(f"hpc_imager: batch job {job.job_id} has had no worker for {RESTART_GRACE_SECONDS} s;"
                   " submitting a replacement", file=sys.stderr, flush=True)
-            self.cluster._futures.add(asyncio.ensure_future(job.close()))  # make sure it is gone
-            self.cluster._correct_state()  # submits a job for the spec that has none now
+            jobs = len(self.cluster.worker_spec)
+            del self.cluster.worker_spec[name]
+            self.cluster.scale(jobs=jobs)  # closes the lost job (no spec), submits a new spec's job
 
 
 def without_workers(jobs: list, started: set, connected: list[str], since: dict, now: float) -> dict:

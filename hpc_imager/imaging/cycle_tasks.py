@@ -34,7 +34,7 @@ from . import casa_setup
 from .casa_imager import ImagerTools
 from .channel_grid import Chunk
 from .imager_records import ImagerRecords
-from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss
+from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss, where_it_ran
 
 
 def chunk_dir(run_dir: Path, chunk: Chunk) -> Path:
@@ -152,7 +152,7 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
             second = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"init": [first, second], "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}
+    return {"init": [first, second], "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}
 
 
 def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
@@ -183,7 +183,7 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         finally:
             tools.close()
     return {"exec": _plain(executed), "init": init, "seconds": time.time() - started,
-            "peak_rss_bytes": _peak_rss_bytes()}
+            "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}
 
 
 def _replace_tree(source: Path, target: Path) -> None:
@@ -218,4 +218,4 @@ def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: i
     part.parent.mkdir(exist_ok=True)
     shutil.rmtree(part, ignore_errors=True)  # an earlier attempt's, or a resumed run's: the same restore
     os.rename(cycle_dir(Path(run_dir), chunk, cycle + 1), part)
-    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}
+    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}

@@ -76,13 +76,15 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _worker_name() -> str:
+def where_it_ran() -> dict:
+    """The dask worker (and its host) running this task, for the journal, status and report.png."""
     try:
         from distributed import get_worker
 
-        return str(get_worker().name)
+        worker = str(get_worker().name)
     except ValueError:
-        return f"{socket.gethostname()}:{os.getpid()}"
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+    return {"worker": worker, "host": socket.gethostname()}
 
 
 def _release_casa() -> None:
@@ -166,10 +168,10 @@ def _attempt(chunk: Chunk, run_dir: Path, attempt: int, what: str) -> Iterator[t
     os.rename(scratch, target)
     metrics.update({
         "chunk": chunk.index,
+        "first_channel": chunk.first,
         "channels": chunk.nchan,
         "attempt": attempt,
-        "worker": _worker_name(),
-        "host": socket.gethostname(),
+        **where_it_ran(),
         "wall_seconds": wall,
         "finish_seconds": time.time() - finishing,  # trimming guard channels, moving the part into place
         "peak_rss_bytes": peak,
@@ -186,7 +188,16 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
     from casatasks import tclean  # before the attempt points the log at its file: casatasks makes its own sink
 
     with _attempt(chunk, Path(run_dir), attempt, "tclean") as (scratch, metrics):
-        tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
+        returned = tclean(**dict(tclean_params, imagename=str(scratch / "part"), **chunk.tclean_overrides()))
+        # the chunk's own iteration summary (per-chunk cleaning): its scalars, and its iterations per
+        # plane and cycle (summaryminor, the chunk's channels numbered from 0), for the cube's
+        returned = returned or {}
+        metrics["tclean_return"] = {k: v.item() if hasattr(v, "item") else v for k, v in returned.items()
+                                    if isinstance(v, (int, float, str, bool)) or getattr(v, "ndim", None) == 0}
+        metrics["summaryminor"] = {str(field): {str(chan): {str(stokes): {"iterDone": [float(n) for n in s["iterDone"]]}
+                                                            for stokes, s in planes.items()}
+                                                for chan, planes in channels.items()}
+                                   for field, channels in returned.get("summaryminor", {}).items()}
         log = Path(casa_setup.casa_log().logfile()).read_text(errors="replace")
         metrics["tclean_steps"] = tclean_step_seconds(log)
     return metrics

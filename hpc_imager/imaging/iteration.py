@@ -285,14 +285,15 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
             lastcycle = controller.first_major_cycle()
             converged = controller.started(run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle))
             cycle = 0
-            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged, "records": controller.events[-1]})
+            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged, "records": controller.events[-1],
+                                    "progress": controller.progress()})
         on_cycle(dict(controller.progress(), cycle=cycle))
         while not converged:
             controls = controller.controls()
             cycle += 1
             converged = controller.cycled(run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls))
             journal.iteration_step({"kind": "cycle", "cycle": cycle, "converged": converged,
-                                    "records": controller.events[-1]})
+                                    "records": controller.events[-1], "progress": controller.progress()})
             for chunk in chunks:  # the step is journalled: the cycle before it is not needed to resume
                 shutil.rmtree(cycle_tasks.cycle_dir(run_dir, chunk, cycle - 1), ignore_errors=True)
             on_cycle(dict(controller.progress(), cycle=cycle))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..run.logs import send_dask_logs_to
+from ..logs import send_dask_logs_to
 from . import casa_setup
 
 

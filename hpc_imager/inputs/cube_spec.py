@@ -223,6 +223,7 @@ class RunParams(BaseModel):
 
     directory: Annotated[Optional[str], Field(description="Run directory; default: '<imagename>.hpcrun'. Relative to cube.toml.")] = None
     keep_parts: Annotated[bool, Field(description="Keep the per-chunk images after the final cubes are assembled.")] = False
+    fits: Annotated[bool, Field(description="Also write the final image (and image.pbcor, when made) as FITS files, '<imagename>.image.fits', with CASA's exportfits once the cube is assembled; the CASA images stay.")] = False
     allow_blank_channels: Annotated[bool, Field(description="Image output channels that lie outside the selected data (tclean makes them blank planes) instead of refusing the cube.")] = False
 
     @field_validator("directory")

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from ..imaging.channel_grid import ChannelGrid, channel_frequencies, resolve_grid, spectral_axis
-from ..run.logs import casa_messages_to
+from ..logs import casa_messages_to
 from .cube_spec import CubeSpec, CubeSpecError, TcleanParams
 
 # tclean's selection keywords → (ms.msseltoindex's argument, ms.msselect's key). msseltoindex parses

@@ -89,7 +89,7 @@ class SiteProfile(BaseModel):
     virtual_memory_overhead: Annotated[str, Field(description="Address space a worker maps beyond its resident memory (libraries, thread arenas); SGE's h_vmem limits address space.")] = "2GiB"
     walltime_default: Annotated[str, Field(description="Walltime of a job when no calibration says better.")] = "04:00:00"
     walltime_max: Annotated[str, Field(description="The longest walltime the queue allows.")] = "24:00:00"
-    max_jobs: Annotated[int, Field(ge=1, description="Most jobs one run may have queued or running at once.")] = 100
+    max_jobs: Annotated[int, Field(ge=1, description="Most jobs one run may have queued or running at once (local: 1, this machine).")] = 100
     worker_wait: Annotated[str, Field(description="How long to wait for the first worker (queue time) before giving up.")] = "04:00:00"
     job_directives: Annotated[list[str], Field(description="Extra scheduler directives, e.g. '--constraint=ib' (without '#SBATCH').")] = []
     prologue: Annotated[list[str], Field(description="Shell lines run before each worker (and the driver job) starts: module loads, environment. Each is shell as written, so each must be one line (no newline, carriage return or NUL).")] = []
@@ -128,6 +128,16 @@ class SiteProfile(BaseModel):
     @classmethod
     def _directives(cls, value):
         return [shell_safety.directive(line) for line in value]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_machine(cls, data):
+        """'local' workers are processes on this one machine: one job, whatever the profile's default."""
+        if isinstance(data, dict) and data.get("scheduler") == "local":
+            if data.get("max_jobs", 1) != 1:
+                raise ValueError(f"max_jobs: a 'local' site runs on this one machine (1 job), got {data['max_jobs']}")
+            data = {**data, "max_jobs": 1}
+        return data
 
     @field_validator("prologue")
     @classmethod

@@ -103,9 +103,30 @@ def _put_image_info(path, info: dict) -> None:
         tb.done()
 
 
+# The products [run] fits = true also writes as FITS (exportfits), beside the CASA images.
+FITS_PRODUCTS = ("image", "image.pbcor")
+
+
 def final_products(imagename: str) -> list[Path]:
-    """The final products of ``imagename`` that exist now."""
-    return [Path(f"{imagename}.{p}") for p in PRODUCTS if Path(f"{imagename}.{p}").exists()]
+    """The final products of ``imagename`` that exist now (their FITS copies included)."""
+    paths = [Path(f"{imagename}.{p}") for p in PRODUCTS] + [Path(f"{imagename}.{p}.fits") for p in FITS_PRODUCTS]
+    return [path for path in paths if path.exists()]
+
+
+def export_fits(imagename: str) -> list[str]:
+    """Write each of FITS_PRODUCTS that exists as ``<imagename>.<product>.fits`` (never over a file)."""
+    from casatasks import exportfits
+
+    written = []
+    for product in FITS_PRODUCTS:
+        image = Path(f"{imagename}.{product}")
+        if image.is_dir():
+            fits = f"{image}.fits"
+            exportfits(imagename=str(image), fitsimage=fits, overwrite=False)
+            if not Path(fits).is_file():
+                raise ConcatError(f"exportfits did not write {fits} (see the run's logs/driver.casa.log)")
+            written.append(fits)
+    return written
 
 
 def wants_common_beam(tclean_params: dict) -> bool:

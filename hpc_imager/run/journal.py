@@ -77,7 +77,7 @@ class Journal:
         if event["event"] == "iteration step":
             self.iteration_steps.append(event["step"])
             return
-        if event["event"] == "driver":
+        if event["event"] in ("driver", "step done"):
             return
         record = self.records.setdefault(event["chunk"], ChunkRecord())
         if event["event"] == "submitted":
@@ -99,17 +99,25 @@ class Journal:
     def record(self, chunk: int) -> ChunkRecord:
         return self.records.get(chunk, ChunkRecord())
 
-    def submitted(self, chunk: int, attempt: int) -> None:
-        self._append({"chunk": chunk, "event": "submitted", "attempt": attempt}, durable=False)
+    def submitted(self, chunk: int, attempt: int, step: str | None = None) -> None:
+        """A task sent to the workers; ``step``: the step of whole-cube iteration it runs (None: the whole chunk)."""
+        self._append(_with_step({"chunk": chunk, "event": "submitted", "attempt": attempt}, step), durable=False)
 
     def done(self, chunk: int, metrics: dict) -> None:
+        """The chunk's part is final (in parts/), made by the attempt ``metrics["attempt"]``."""
         self._append({"chunk": chunk, "event": "done", "attempt": metrics["attempt"], "metrics": metrics})
+
+    def step_done(self, chunk: int, attempt: int, step: str, metrics: dict) -> None:
+        """A step of whole-cube iteration finished in a chunk: for ``status`` and report.png only (what
+        resumes a run is the ``iteration step`` every chunk finished), so it is flushed, not fsync'd."""
+        self._append({"chunk": chunk, "event": "step done", "attempt": attempt, "step": step, "metrics": metrics},
+                     durable=False)
 
     def placed(self, chunk: int) -> None:
         self._append({"chunk": chunk, "event": "placed"})
 
-    def failed(self, chunk: int, attempt: int, error: str) -> None:
-        self._append({"chunk": chunk, "event": "failed", "attempt": attempt, "error": error})
+    def failed(self, chunk: int, attempt: int, error: str, step: str | None = None) -> None:
+        self._append(_with_step({"chunk": chunk, "event": "failed", "attempt": attempt, "error": error}, step))
 
     def driver_started(self) -> None:
         """Which process drives the run now, so ``status`` can tell a run between passes (probe,
@@ -119,6 +127,10 @@ class Journal:
     def iteration_step(self, step: dict) -> None:
         """A step of whole-cube iteration that every chunk finished, with what the controller merged."""
         self._append({"event": "iteration step", "step": step})
+
+
+def _with_step(event: dict, step: str | None) -> dict:
+    return event if step is None else dict(event, step=step)
 
 
 def _write_durably(path: Path, text: str) -> None:

@@ -1,11 +1,12 @@
 """report.png: a run at a glance, drawn from its journal (and report.json when the run has ended).
 
-Top: a timeline with one row per worker; each finished attempt is a bar from the start of its
-tclean (the journal's done time minus the task's wall_seconds) to its end, with a thin line from
-its submission, so time spent queued or setting up a worker shows as the gap. Failed attempts have
-no worker in the journal (the worker may be dead), so they get their own row, in red. Bottom: each
-chunk's peak memory against its worker's memory limit (each pass's limit when chunks were retried
-with more memory), retried chunks outlined.
+Top: a timeline with one row per worker; each finished task is a bar from its start (the journal's
+done time minus the task's own seconds) to its end, with a thin line from its submission, so time
+spent queued or setting up a worker shows as the gap. A task images a whole chunk, or, in whole-cube
+iteration, runs one step of it (PSF, a cycle, the restore). Failed attempts have no worker in the
+journal (the worker may be dead), so they get their own row, in red. Bottom: each chunk's peak
+memory against its worker's memory limit (each pass's limit when chunks were retried with more
+memory), retried chunks in orange.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class Bar:
     submitted: float
     start: float
     end: float
-    kind: str  # "done" | "failed"
+    kind: str  # "done" (a whole chunk) | "step" (a step of whole-cube iteration) | "failed"
+    step: str | None = None
 
 
 def timeline(run_dir: Path) -> list[Bar]:
@@ -34,18 +36,21 @@ def timeline(run_dir: Path) -> list[Bar]:
     events = journal_events(Path(run_dir) / "journal.jsonl")
     t0 = min((e["time"] for e in events), default=0.0)
     submitted = {(e["chunk"], e["attempt"]): e["time"] - t0 for e in events if e["event"] == "submitted"}
+    stepped = {e["chunk"] for e in events if e["event"] == "step done"}  # whole-cube iteration: the steps are the bars
     bars = []
     for e in events:
-        if e["event"] not in ("done", "failed"):
-            continue
         end = e["time"] - t0
-        queued = submitted.get((e["chunk"], e["attempt"]), end)
-        if e["event"] == "done":
+        queued = submitted.get((e.get("chunk"), e.get("attempt")), end)
+        if e["event"] == "done" and e["chunk"] not in stepped:
             m = e["metrics"]
             bars.append(Bar(e["chunk"], e["attempt"], str(m.get("worker", "?")), queued,
                             max(queued, end - m["wall_seconds"]), end, "done"))
-        else:
-            bars.append(Bar(e["chunk"], e["attempt"], "failed attempts", queued, queued, end, "failed"))
+        elif e["event"] == "step done":
+            m = e["metrics"]
+            bars.append(Bar(e["chunk"], e["attempt"], str(m.get("worker", "?")), queued,
+                            max(queued, end - m["seconds"]), end, "step", e["step"]))
+        elif e["event"] == "failed":
+            bars.append(Bar(e["chunk"], e["attempt"], "failed attempts", queued, queued, end, "failed", e.get("step")))
     return bars
 
 
@@ -61,19 +66,23 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
     status = read_status(run_dir)
     bars = timeline(run_dir)
     t0 = status.first_event or 0.0
-    workers = sorted({b.row for b in bars if b.kind == "done"})
+    workers = sorted({b.row for b in bars if b.kind != "failed"})
     rows = workers + (["failed attempts"] if any(b.kind == "failed" for b in bars) else [])
     row_of = {name: i for i, name in enumerate(rows)}
-    retried = {c.index for c in status.chunks.values() if c.attempts > 1}
+    retried = set(status.as_dict()["retried_chunks"])
     span = max((b.end for b in bars), default=1.0)
 
-    fig, (axis, memory) = plt.subplots(2, 1, figsize=(11, 6 + 0.35 * len(rows)),
-                                       gridspec_kw={"height_ratios": [max(1, len(rows)), 3]})
+    channels = [c for c in (status.report or {}).get("channels", []) if "peak_residual" in c]
+    panels = 3 if channels else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 6 + 3 * (panels - 2) + 0.35 * len(rows)),
+                             gridspec_kw={"height_ratios": [max(1, len(rows)), 3, 3][:panels]})
+    axis, memory = axes[0], axes[1]
     for b in bars:
         y = row_of[b.row]
-        if b.kind == "done":
+        if b.kind != "failed":
             axis.plot([b.submitted, b.start], [y, y], color="0.6", lw=1)
-            color = "tab:orange" if b.chunk in retried else "tab:blue"
+            color = "tab:orange" if b.chunk in retried else "tab:green" if b.step and not b.step.startswith("cycle") \
+                else "tab:blue"
         else:
             color = "tab:red"
         axis.barh(y, max(b.end - b.start, 0.002 * span), left=b.start, height=0.6, color=color,
@@ -87,9 +96,11 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
     axis.invert_yaxis()
     axis.set_xlabel("seconds since the first submission")
     d = status.as_dict()
-    axis.set_title(f"{Path(str(d['imagename'])).name}: {d['status']}, {d['done']}/{d['chunks']} chunks done,"
-                       f" {d['failed_attempts']} failed attempts (blue: tclean per chunk, orange: retried chunk,"
-                       " grey: queued/set-up, red: failed)", fontsize=9)
+    mode = status.mode
+    progress = mode.progress_line(status.events)
+    axis.set_title(f"{Path(str(d['imagename'])).name} ({mode.title}): {d['status']}, {d['done']}/{d['chunks']} chunks"
+                   f" done, {d['failed_attempts']} failed attempts" + (f"\n{progress}" if progress else "")
+                   + f"\n({mode.task_legend}, orange: retried chunk, grey: queued/set-up, red: failed)", fontsize=9)
 
     done = [c for c in status.chunks.values() if c.state == "done" and c.metrics]
     chunks = [c.index for c in done]
@@ -111,9 +122,33 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
     memory.set_ylim(bottom=0)
     if plans:
         memory.legend(fontsize=8, loc="center right")
+    if channels:
+        _channel_panel(axes[2], channels)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _channel_panel(axis, channels: list[dict]) -> None:
+    """Per output channel against frequency: the residual's peak and rms, and the iterations done."""
+    mhz = [c["frequency_hz"] / 1e6 for c in channels]
+    axis.plot(mhz, [c["peak_residual"] for c in channels], ".-", color="tab:red", label="peak residual")
+    axis.plot(mhz, [c["rms_residual"] for c in channels], ".-", color="tab:blue", label="rms of the residual")
+    axis.set_xlabel("frequency (MHz)")
+    axis.set_ylabel("residual (image units)")
+    axis.set_ylim(bottom=0)
+    lines, labels = axis.get_legend_handles_labels()
+    if any(c.get("iterations") for c in channels):
+        twin = axis.twinx()
+        twin.bar(mhz, [c.get("iterations", 0) for c in channels], width=0.8 * (abs(mhz[-1] - mhz[0]) / max(1, len(mhz) - 1)
+                                                                                 or 1e-3),
+                 color="0.7", alpha=0.5, label="iterations")
+        twin.set_ylabel("iterations")
+        axis.set_zorder(twin.get_zorder() + 1)
+        axis.patch.set_visible(False)
+        more, names = twin.get_legend_handles_labels()
+        lines, labels = lines + more, labels + names
+    axis.legend(lines, labels, fontsize=8, loc="upper right")

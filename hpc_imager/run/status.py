@@ -3,7 +3,10 @@
 Read only from the durable record (run.json, journal.jsonl, report.json when the run has ended),
 so it works from another shell, another node, or after the driver was killed. A chunk's state is
 that of its latest attempt: submitted and not yet answered = running; its last answer a failure
-and nothing after = failed (the driver may still retry it); done = done; never submitted = pending.
+and nothing after = failed (the driver may still retry it); done (its part final) = done; never
+submitted = pending. In whole-cube iteration a chunk runs one task per step, so it is running from
+its first step to its restore; the mode (run.json's "mode", :mod:`hpc_imager.run.modes`) adds its
+own progress (cycles, iterations, peak residual).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .journal import RunDirectoryError
+from .modes import ImagingMode, mode_named
 
 
 @dataclass
@@ -29,6 +33,7 @@ class ChunkState:
     metrics: dict | None = None
     errors: list[str] = field(default_factory=list)
     placed: bool = False  # copied into the final cube being assembled
+    steps: list[dict] = field(default_factory=list)  # whole-cube iteration: each finished step's metrics
 
 
 @dataclass
@@ -41,6 +46,11 @@ class RunStatus:
     first_event: float | None
     last_event: float | None
     driver: dict | None = None  # the last driver's pid and host (journal "driver" event)
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def mode(self) -> type[ImagingMode]:
+        return mode_named((self.report or {}).get("mode") or self.identity.get("mode"))
 
     def count(self, state: str) -> int:
         return sum(1 for c in self.chunks.values() if c.state == state) + (
@@ -51,7 +61,10 @@ class RunStatus:
         return self.report is not None and self.report.get("status") in ("complete", "incomplete")
 
     def workers(self) -> list[str]:
-        return sorted({c.metrics["worker"] for c in self.chunks.values() if c.metrics and "worker" in c.metrics})
+        """Every worker that has finished a task (a whole chunk, or a chunk's step)."""
+        finished = [c.metrics for c in self.chunks.values() if c.metrics] + [
+            step for c in self.chunks.values() for step in c.steps]
+        return sorted({str(m["worker"]) for m in finished if m.get("worker")})
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         """Time left: chunks not done × the mean task time of finished chunks / tasks running at once.
@@ -62,7 +75,7 @@ class RunStatus:
         left = self.total_chunks - len(done)
         if self.finished or left == 0:
             return 0.0
-        if not done:
+        if not done or not self.mode.eta_known:
             return None
         parallel = self.planned_workers() or max(1, len(self.workers()))
         mean = sum(done) / len(done)
@@ -75,17 +88,21 @@ class RunStatus:
     def _unfinished_state(self) -> str:
         """No report.json yet: imaging, assembling (every chunk done: the last parts being placed and
         renamed), or stopped (nothing in flight: the driver was killed; --resume goes on)."""
+        alive = self._driver_alive()
+        if alive is False:
+            return "stopped"
         if self.count("running"):
             return "running"
         if self.count("done") == self.total_chunks:
             return "assembling"
-        return "running" if self._driver_alive() else "stopped"
+        return "running" if alive else "stopped"
 
-    def _driver_alive(self) -> bool:
-        """Between passes (after the probe, before more memory) nothing is in flight, but the driver
-        lives; it can be asked only on its own host (elsewhere the run counts as stopped)."""
+    def _driver_alive(self) -> bool | None:
+        """Whether the driver lives: between passes (after the probe, before more memory) nothing is
+        in flight, and a killed driver leaves tasks that look in flight. It can be asked only on its
+        own host (None elsewhere)."""
         if not self.driver or self.driver.get("host") != socket.gethostname():
-            return False
+            return None
         try:
             os.kill(int(self.driver["pid"]), 0)
         except ProcessLookupError:
@@ -110,16 +127,19 @@ class RunStatus:
         return {
             "run_dir": str(self.run_dir),
             "imagename": self.identity.get("imagename"),
+            "mode": self.mode.key,
             "status": (self.report or {}).get("status", self._unfinished_state()),
             "chunks": self.total_chunks,
             **{state: self.count(state) for state in ("done", "running", "failed", "pending")},
             "failed_attempts": sum(len(c.errors) for c in self.chunks.values()),
+            "retried_chunks": sorted(c.index for c in self.chunks.values() if c.errors),
             "placed": sum(c.placed for c in self.chunks.values()),
             "workers_seen": self.workers(),
             "planned_workers": self.planned_workers(),
             "planned_jobs": self.planned("jobs"),
             "elapsed_seconds": (self.last_event - self.first_event) if self.first_event else 0.0,
             "eta_seconds": eta,
+            "progress": self.mode.progress(self.events),
         }
 
 
@@ -160,6 +180,8 @@ def read_status(run_dir: Path) -> RunStatus:
                 chunk.state, chunk.submitted_at, chunk.answered_at = "running", event["time"], None
         elif event["event"] == "done":
             chunk.state, chunk.answered_at, chunk.metrics = "done", event["time"], event["metrics"]
+        elif event["event"] == "step done":
+            chunk.steps.append(dict(event["metrics"], step=event["step"], attempt=event["attempt"], time=event["time"]))
         elif event["event"] == "placed":
             chunk.placed = True
         elif event["event"] == "failed":
@@ -172,12 +194,12 @@ def read_status(run_dir: Path) -> RunStatus:
         total = math.ceil(identity["nchan"] / identity["channels_per_task"])
     times = [e["time"] for e in events if "time" in e]
     return RunStatus(run_dir, identity, report, chunks, total, min(times, default=None), max(times, default=None),
-                     driver)
+                     driver, events)
 
 
-def _duration(seconds: float | None) -> str:
+def _duration(seconds: float | None, why_unknown: str = "no chunk finished yet") -> str:
     if seconds is None:
-        return "unknown (no chunk finished yet)"
+        return f"unknown ({why_unknown})"
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -189,11 +211,15 @@ def format_status(status: RunStatus) -> str:
         f"chunks {d['chunks']}: {d['done']} done, {d['running']} running (or waiting on a worker), {d['failed']} failed,"
         f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); {d['placed']} placed in the cube",
         f"workers: {d['planned_workers'] or '?'} planned in {d['planned_jobs'] or '?'} job(s),"
-        f" {len(d['workers_seen'])} have finished chunks"
+        f" {len(d['workers_seen'])} have finished tasks"
         f" ({', '.join(d['workers_seen']) or 'none yet'})",
         f"elapsed {_duration(d['elapsed_seconds'])}; "
-        + ("finished" if status.finished else f"time left about {_duration(d['eta_seconds'])}"),
+        + ("finished" if status.finished else "time left about " + _duration(
+            d["eta_seconds"], "no chunk finished yet" if status.mode.eta_known else "the cleaning decides its cycles")),
     ]
+    progress = status.mode.progress_line(status.events)
+    if progress:
+        lines.insert(1, progress)
     for chunk in sorted(status.chunks.values(), key=lambda c: c.index):
         if chunk.state == "failed" or (chunk.errors and chunk.state != "done"):
             lines.append(f"  chunk {chunk.index} failed (attempt {chunk.attempts}): {chunk.errors[-1]}")

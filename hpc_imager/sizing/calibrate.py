@@ -28,7 +28,7 @@ from ..imaging.imaging_task import whole_chunk_task
 from ..imaging.worker_plugin import PrepareWorker
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import Calibration, SiteProfile
-from ..run.logs import send_dask_logs_to
+from ..logs import send_dask_logs_to
 from .estimate import GIB, MEMORY_TERMS, cube_facts, estimate_task, image_pixels, stokes_planes
 from .plan import make_plan
 

@@ -230,17 +230,17 @@ def memory_phases(shape: TaskShape) -> dict[str, dict[str, float]]:
     return phases
 
 
-def _phase_bytes(quantities: dict[str, float], terms: dict[str, float]) -> float:
+def phase_bytes(quantities: dict[str, float], terms: dict[str, float]) -> float:
     return sum(terms[name] * value for name, value in quantities.items())
 
 
 def peak_phase(shape: TaskShape, terms: dict[str, float] = MEMORY_TERMS) -> tuple[str, dict[str, float]]:
     """The moment that sets ``shape``'s peak under ``terms``: its name and its term quantities."""
-    return max(memory_phases(shape).items(), key=lambda phase: _phase_bytes(phase[1], terms))
+    return max(memory_phases(shape).items(), key=lambda phase: phase_bytes(phase[1], terms))
 
 
 def task_peak_bytes(shape: TaskShape, terms: dict[str, float] = MEMORY_TERMS) -> float:
-    return _phase_bytes(peak_phase(shape, terms)[1], terms)
+    return phase_bytes(peak_phase(shape, terms)[1], terms)
 
 
 # --- from a cube.toml and a site ------------------------------------------------------------------
@@ -378,59 +378,3 @@ def memory_surprise(estimated_gib: float, measured_gib: float) -> str | None:
     if measured_gib < estimated_gib * UNDER_ESTIMATE_WARNING:
         return f"took {measured_gib:.2f} GiB, under half its estimate {estimated_gib:.2f} GiB"
     return None
-
-
-# --- fitting the terms (benchmarks/memory_matrix.py) ---------------------------------------------
-
-
-FIT_FLOOR = 0.98
-FIT_ROUNDS = 20
-
-
-def _fit_phases(chosen: list[dict[str, float]], peaks) -> dict[str, float]:
-    """Non-negative least squares of the terms on relative error, each row by its chosen phase."""
-    import numpy as np
-    from scipy.optimize import nnls
-
-    names = list(MEMORY_TERMS)
-    features = np.array([[quantities[n] for n in names] for quantities in chosen], dtype=float)
-    used = features.any(axis=0)
-    scale = np.where(used, features.max(axis=0), 1.0)
-    solution, _ = nnls(features[:, used] / scale[used] / peaks[:, None], np.ones(len(peaks)))
-    constants = dict.fromkeys(names, 0.0)
-    for name, value in zip([n for n, u in zip(names, used) if u], solution / scale[used]):
-        constants[name] = float(value)
-    return constants
-
-
-def fit_memory_terms(samples: list[tuple[TaskShape, float]]) -> dict[str, float]:
-    """The terms fitted on every row weighing the same (relative error), then scaled so the lowest
-    estimate/measured ratio is FIT_FLOOR: the target is 0.95…1.20 for every row, and a shared site's
-    limit adds ``memory_headroom`` (1.25) on top of the estimate.
-
-    A row's peak is its largest phase, which depends on the constants: each row starts from the
-    phase MEMORY_TERMS picks, the terms are fitted on those phases, the phases picked again under
-    the fit, until no row changes phase (at most FIT_ROUNDS rounds)."""
-    import numpy as np
-
-    peaks = np.array([p for _, p in samples], dtype=float)
-    phases = [list(memory_phases(s).values()) for s, _ in samples]
-    constants, chosen = dict(MEMORY_TERMS), None
-    for _ in range(FIT_ROUNDS):
-        picked = [max(p, key=lambda quantities: _phase_bytes(quantities, constants)) for p in phases]
-        if picked == chosen:
-            break
-        chosen = picked
-        constants = _fit_phases(chosen, peaks)
-    ratios = np.array([task_peak_bytes(s, constants) for s, _ in samples]) / peaks
-    lift = FIT_FLOOR / ratios.min()
-    return {name: value * lift for name, value in constants.items()}
-
-
-def leave_one_out(samples: list[tuple[TaskShape, float]]) -> list[float]:
-    """estimate/measured for each sample under terms fitted on all the others."""
-    ratios = []
-    for index, (shape, peak) in enumerate(samples):
-        constants = fit_memory_terms(samples[:index] + samples[index + 1:])
-        ratios.append(task_peak_bytes(shape, constants) / peak)
-    return ratios

@@ -18,13 +18,13 @@ from dataclasses import dataclass, fields, replace
 
 from dask.utils import format_bytes, parse_bytes
 
-from ..backends import backend_for
-from ..backends.base import TERMINATE_FRACTION
 from ..errors import UserError
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import SiteProfile, format_walltime, walltime_seconds
 from .estimate import GIB, TaskEstimate
 
+# distributed's nanny restarts a worker at this fraction of its memory limit (backends set it so).
+TERMINATE_FRACTION = 0.95
 # A need that was measured (a probe) rather than modelled needs no headroom for model error, only
 # room for distributed's terminate threshold: the nanny restarts a worker at 95 % of its limit.
 MEASURED_HEADROOM = 1 / TERMINATE_FRACTION
@@ -165,7 +165,7 @@ def _size(basis: PlanBasis) -> Plan:
             "use fewer channels_per_task, a smaller image, or another site")
 
     per_node = min(site.cores, fits)
-    most_jobs = backend_for(site).most_jobs(site)
+    most_jobs = site.max_jobs
     wanted = max(1, min(basis.workers_wanted or per_node * most_jobs, per_node * most_jobs, basis.chunks))
     jobs = math.ceil(wanted / per_node)
     processes = math.ceil(wanted / jobs)

@@ -1,0 +1,119 @@
+"""A run's workers: the cluster made from the plan, kept across rounds of tasks, and replaced by one
+with twice the memory per worker when tasks were killed for memory.
+
+Every imaging mode asks this one session to run its tasks; the cluster, the dashboard line, the wait
+for the first worker and the more-memory loop are written here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import RunFailed
+from ..imaging.channel_grid import Chunk
+from ..imaging.worker_plugin import PrepareWorker
+from ..inputs.site_profile import walltime_seconds
+from ..sizing.plan import Plan, PlanRefused
+from ..backends.security import dashboard_hint
+from .task_loop import Tasks, channel_ranges, run_tasks
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+class WorkersUnavailable(RunFailed):
+    """No worker came up within the site's worker_wait."""
+
+
+@dataclass
+class Passes:
+    """What the passes over the chunks came to: the first plan's, then each with more memory."""
+
+    plans: list[Plan]
+    lost: list[Chunk] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    memory_note: str = ""
+
+    def add(self, other: "Passes") -> None:
+        self.lost += other.lost
+        self.failures = other.failures + self.failures
+
+
+class ClusterSession:
+    """Workers for one plan, started when first needed and closed with the session."""
+
+    def __init__(self, run: "RunContext", plan: Plan):
+        self.run = run
+        self.passes = Passes(plans=[plan])
+        self._clusters = contextlib.ExitStack()
+        self._client = None
+
+    @property
+    def plan(self) -> Plan:
+        return self.passes.plans[-1]
+
+    def __enter__(self) -> "ClusterSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._clusters.close()
+
+    def _connected(self):
+        if self._client is None:
+            run = self.run
+            run.console.print(f"hpc_imager: {self.plan.summary()}")
+            log.info("plan: %s", self.plan.as_dict())
+            self._client = self._clusters.enter_context(run.backend.cluster(self.plan, run.site, run.run_dir))
+            self._client.register_plugin(PrepareWorker(str(run.run_dir)))
+            run.console.print(f"hpc_imager: {dashboard_hint(self._client.dashboard_link, run.site.dashboard_address)}")
+            _wait_for_first_worker(run, self._client)
+        return self._client
+
+    def run_tasks(self, tasks: Tasks, todo: list[Chunk]) -> list[Chunk]:
+        """Run ``tasks`` for ``todo`` until every chunk is done or given up on; chunks killed for memory
+        go round again on workers with twice the memory, until a node cannot hold one worker. Returns
+        the chunks given up on (also in :attr:`passes`)."""
+        lost: list[Chunk] = []
+        while todo:
+            outcome = run_tasks(self.run, self._connected(), self.plan, tasks, todo)
+            self.passes.failures += outcome.failures
+            lost += outcome.lost
+            todo = outcome.out_of_memory
+            if not todo:
+                break
+            try:
+                plan = self.plan.with_more_memory(chunks=len(todo))
+            except PlanRefused as refusal:
+                lost += todo
+                self.passes.memory_note = (f"; channels {channel_ranges(todo)} ran out of memory and cannot have"
+                                           f" more: {refusal}")
+                break
+            self.passes.plans.append(plan)
+            self.run.console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with"
+                                   " twice the memory per worker")
+            self._clusters.close()
+            self._client = None
+        self.passes.lost += lost
+        return lost
+
+
+def _wait_for_first_worker(run: "RunContext", client) -> None:
+    """Wait as long as the site allows, showing the batch queue; say why when giving up."""
+    site = run.site
+    deadline = time.time() + walltime_seconds(site.worker_wait)
+    with run.console.status("waiting for workers") as status:
+        while not client.scheduler_info()["workers"]:
+            counts = run.backend.job_counts(client)
+            if time.time() > deadline:
+                queued = f": {counts['pending']} job(s) still pending in the queue" if counts else ""
+                raise WorkersUnavailable(f"no worker started within {site.name}'s worker_wait {site.worker_wait}{queued}; "
+                                         "the jobs were cancelled; try again later or another site")
+            if counts:
+                status.update(f"waiting for workers: {counts['pending']} job(s) pending, {counts['running']} running")
+            time.sleep(1)
