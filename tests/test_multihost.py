@@ -85,11 +85,10 @@ def test_cube_with_workers_on_two_hosts_equals_serial(multi, tmp_path, ngc5921_m
 @pytest.mark.casa
 @pytest.mark.slurm
 def test_node_lost_mid_run_its_jobs_are_replaced_on_the_other_node(multi, tmp_path, ngc5921_ms, serial_reference):
-    """nodeA's slurmd, job steps and workers are killed (SIGKILL: nothing says goodbye), then the node
-    is marked DOWN, as slurmctld marks a node that stopped answering after SlurmdTimeout (300 s by
-    default). Without it Slurm could start the replacement on nodeA, where its launch fails and Slurm
-    holds it ("launch failed requeued held")."""
-    tclean = {"nchan": 24}  # 12 chunks: the lost node's replacement is up while 4-6 are still to do
+    """nodeA's slurmd, job steps and workers are SIGKILLed: nothing says goodbye, and Slurm only marks
+    the node down after SlurmdTimeout (300 s by default). Its job, cancelled by the driver before the
+    replacement is submitted, stays COMPLETING there, so Slurm starts the replacement on nodeB."""
+    tclean = {"nchan": 24}  # 12 chunks: 3-5 were still to do when the replacement came up (measured)
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2, "probe": False})
     run_dir = tmp_path / "cube.hpcrun"
     driver = start_driver(multi, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -103,13 +102,15 @@ def test_node_lost_mid_run_its_jobs_are_replaced_on_the_other_node(multi, tmp_pa
         lost = [job for job, node in jobs.items() if node == "nodeA"]
         pids = subprocess.run(["ip", "netns", "pids", "nodeA"], capture_output=True, text=True, check=True).stdout
         subprocess.run(["kill", "-9", *pids.split()], check=True)
-        subprocess.run(["scontrol", "update", "NodeName=nodeA", "State=DOWN", "Reason=test: node lost"], check=True)
         done_at_loss = journal_done(run_dir)
         _, stderr = driver.communicate(timeout=400)
     finally:
         if driver.poll() is None:
             driver.kill()
-        subprocess.run(["bash", str(START_NODES)], capture_output=True, timeout=120)  # nodeA back for what follows
+        # nodeA back for what follows: DOWN ends its completing job at once (Slurm itself resends the
+        # kill only after about a minute), then the start script restarts its slurmd and resumes it
+        subprocess.run(["scontrol", "update", "NodeName=nodeA", "State=DOWN", "Reason=test: node lost"])
+        subprocess.run(["bash", str(START_NODES)], capture_output=True, timeout=120)
     assert driver.returncode == 0, stderr
     for job in lost:
         assert f"batch job {job} has had no worker" in stderr, stderr

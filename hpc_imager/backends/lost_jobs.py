@@ -46,12 +46,29 @@ class LostJobs(SchedulerPlugin):
         self.without_workers = without_workers(list(self.cluster.workers), self.started, connected,
                                                self.without_workers, now)
         for name in lost_jobs(self.without_workers, now, RESTART_GRACE_SECONDS):
-            self.started.discard(name)
+            self.started.discard(name)  # not found lost again while it is being replaced
             del self.without_workers[name]
-            job = self.cluster.workers.pop(name)
+            job = self.cluster.workers[name]
             print(f"hpc_imager: batch job {job.job_id} has had no worker for {RESTART_GRACE_SECONDS} s;"
                   " submitting a replacement", file=sys.stderr, flush=True)
-            self.cluster._futures.add(asyncio.ensure_future(job.close()))  # make sure it is gone
+            self.cluster._futures.add(asyncio.ensure_future(self._replace(name, job)))
+
+    async def _replace(self, name, job) -> None:
+        """Cancel the lost job, and only then submit its replacement.
+
+        On a node that is gone the cancelled job stays COMPLETING (its slurmd cannot confirm the kill)
+        until Slurm marks the node down, and Slurm starts no job on a node with a completing one; a
+        replacement submitted before the cancel reached slurmctld could be started on the lost node,
+        where its launch fails and Slurm holds it ("launch failed requeued held"). dask-jobqueue runs
+        scancel and sbatch as concurrent subprocesses, a race, so the order is kept here. On CI's
+        namespaced nodes (tests/test_multihost.py), nodeA's processes SIGKILLed: its job completing
+        there, the replacement started on nodeB in 4 of 4 runs.
+        """
+        try:
+            await job.close()
+        finally:  # a cancel that failed must not keep the run a job short
+            if self.cluster.workers.get(name) is job:
+                del self.cluster.workers[name]
             self.cluster._correct_state()  # submits a job for the spec that has none now
 
 
