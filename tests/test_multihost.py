@@ -31,6 +31,9 @@ DRIVER_ADDRESS = "10.77.0.1"
 
 
 def _nodes_up() -> bool:
+    """Slurm calls a node idle for minutes after its slurmd is gone: the namespaces and the bridge must be there too."""
+    if "mhbr0" not in psutil.net_if_addrs() or not all(Path(f"/run/netns/{node}").exists() for node in NODES):
+        return False
     try:
         out = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%N %t"], capture_output=True, text=True,
                              timeout=15).stdout
@@ -42,7 +45,7 @@ def _nodes_up() -> bool:
 
 @pytest.fixture
 def multi():
-    need("slurm nodes nodeA and nodeB (partition multi)", _nodes_up())
+    need("multi-host Slurm (nodeA, nodeB in partition multi)", _nodes_up())
     return SITES / "ci-multi.toml"
 
 
