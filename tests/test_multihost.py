@@ -130,7 +130,8 @@ def test_node_lost_mid_run_its_jobs_are_replaced_on_the_other_node(multi, tmp_pa
 @pytest.mark.casa
 @pytest.mark.slurm
 def test_interface_the_driver_host_lacks_is_refused_before_any_job(multi, tmp_path, ngc5921_ms):
-    """One line, exit 2, and sbatch never called (a tripwire sbatch first on PATH records any call)."""
+    """One line, exit 2, no run directory, and sbatch never called (a tripwire sbatch first on PATH
+    records any call)."""
     site = tmp_path / "wrong-interface.toml"
     site.write_text(multi.read_text().replace('driver_interface = "mhbr0"', 'driver_interface = "ib7"'))
     cube = write_cube_toml(tmp_path, ngc5921_ms, {"nchan": 4}, {"channels_per_task": 2, "workers": 2})
@@ -145,6 +146,7 @@ def test_interface_the_driver_host_lacks_is_refused_before_any_job(multi, tmp_pa
         "hpc_imager: error: site wrong-interface: driver_interface 'ib7' is not a network interface of this host")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "sbatch-called").exists(), "no job was submitted"
+    assert not (tmp_path / "cube.hpcrun").exists(), "refused before the run directory was made"
 
 
 def _site(**fields):
