@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -152,7 +153,8 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
             second = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"init": [first, second], "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}
+    return {"init": [first, second], "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(),
+            "host": socket.gethostname()}
 
 
 def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
@@ -183,7 +185,7 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         finally:
             tools.close()
     return {"exec": _plain(executed), "init": init, "seconds": time.time() - started,
-            "peak_rss_bytes": _peak_rss_bytes()}
+            "peak_rss_bytes": _peak_rss_bytes(), "host": socket.gethostname()}
 
 
 def _replace_tree(source: Path, target: Path) -> None:
@@ -218,4 +220,5 @@ def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: i
     part.parent.mkdir(exist_ok=True)
     shutil.rmtree(part, ignore_errors=True)  # an earlier attempt's, or a resumed run's: the same restore
     os.rename(cycle_dir(Path(run_dir), chunk, cycle + 1), part)
-    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes()}
+    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(),
+            "host": socket.gethostname()}

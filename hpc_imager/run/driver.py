@@ -469,9 +469,11 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None, list[
             for chunk, result in zip(run.chunks, results):  # a chunk's peak over its steps, its time in them
                 metrics = chunk_metrics.setdefault(chunk.index, {
                     "chunk": chunk.index, "channels": chunk.nchan, "wall_seconds": 0.0, "peak_rss_bytes": 0,
-                    "estimated_peak_bytes": plan.basis.task_peak_bytes})
+                    "estimated_peak_bytes": plan.basis.task_peak_bytes, "hosts": []})
                 metrics["wall_seconds"] += result["seconds"]
                 metrics["peak_rss_bytes"] = max(metrics["peak_rss_bytes"], result["peak_rss_bytes"])
+                # its steps run wherever a worker is free: every host that imaged a step of it
+                metrics["hosts"] = sorted(set(metrics["hosts"]) | {result["host"]})
             task_seconds = [r["seconds"] for r in results]
             timings.append({"step": what, "wall_seconds": time.time() - step_started,
                             "task_seconds_max": max(task_seconds), "task_seconds_sum": sum(task_seconds)})
