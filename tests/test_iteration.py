@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -183,6 +184,7 @@ def test_a_run_killed_between_cycles_resumes_from_its_last_cycle(tmp_path, ngc59
     assert sorted(m["chunk"] for m in report["chunk_metrics"]) == [0, 1]
     assert all(0.1 * 2**30 < m["peak_rss_bytes"] < 4 * 2**30 and m["estimated_peak_bytes"] > 0
                for m in report["chunk_metrics"])
+    assert all(m["hosts"] == [socket.gethostname()] for m in report["chunk_metrics"]), "where its steps ran"
     finished = json.loads(run_cli("status", tmp_path / "cube.hpcrun", "--json").stdout)
     assert (finished["status"], finished["done"], finished["running"], finished["placed"]) == ("complete", 2, 0, 2)
     assert finished["failed_attempts"] == 0 and finished["progress"]["restored"]

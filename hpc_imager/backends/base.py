@@ -69,6 +69,10 @@ class Backend(ABC):
         with dask.config.set(SCHEDULER_CONFIG), self._client(plan, site, run_dir) as client:
             yield client
 
+    def check_site(self, site: "SiteProfile") -> None:
+        """Refuse, as a one-line UserError, what about the site would keep its workers from ever
+        connecting, before anything is submitted (a run is refused before its run directory is made)."""
+
     @abstractmethod
     def _client(self, plan: "Plan", site: "SiteProfile", run_dir: Path) -> ContextManager["Client"]:
         ...

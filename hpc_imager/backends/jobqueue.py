@@ -25,6 +25,7 @@ from ..inputs.site_profile import walltime_seconds
 from .security import TLS_DIRECTORY, forget_worker_certificates, run_certificates
 from .base import Backend, worker_process_config
 from .job_workers import has_worker, worker_names
+from .network import scheduler_interface
 
 JOB_TEMPLATES = Path(__file__).parents[1] / "jobs"
 DRIVER_MEMORY_MIB = 4096  # the driver job: the dask scheduler and the final concatenation
@@ -132,6 +133,9 @@ class JobqueueBackend(Backend):
                                            **self.jobqueue_kwargs(plan, site, run_dir), **tls)
         return job.job_script()
 
+    def check_site(self, site) -> None:
+        scheduler_interface(site)
+
     def certificates(self, site, run_dir: Path):
         return run_certificates(run_dir) if site.tls else super().certificates(site, run_dir)
 
@@ -146,6 +150,7 @@ class JobqueueBackend(Backend):
 
         from .lost_jobs import LOST_JOB_CHECK_SECONDS, LostJobs
 
+        interface = scheduler_interface(site)  # refused here, before any job is submitted
         casa_setup.configure_offline()
         cluster_class = self.cluster_class()
         # Importing dask_jobqueue makes SIGINT exit the process with status 0 (dask_jobqueue.runner sets
@@ -153,7 +158,7 @@ class JobqueueBackend(Backend):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         with self.certificates(site, run_dir) as (security, tls_directory):
             cluster = cluster_class(
-                scheduler_options={"dashboard_address": site.dashboard_address, "interface": site.interface},
+                scheduler_options={"dashboard_address": site.dashboard_address, "interface": interface},
                 security=security, shared_temp_directory=str(tls_directory) if tls_directory else None,
                 **self.jobqueue_kwargs(plan, site, run_dir))
             lost = LostJobs(cluster)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 
@@ -22,9 +23,8 @@ class LostJobs(SchedulerPlugin):
 
     distributed replaces a lost job only when the job runs a single worker: with several workers per
     job their names carry suffixes and the job is never noticed. A check every second on the
-    cluster's event loop takes a lost job's spec out of the cluster's ``worker_spec`` and scales back
-    to as many jobs as before, through SpecCluster's public ``worker_spec`` and ``scale``: the cluster
-    then cancels the lost job itself and submits a fresh one under a new name. A job counts as started when one of its workers connects (this plugin, on the scheduler), not
+    cluster's event loop cancels a lost job and then has the cluster submit a fresh one under the
+    same name (:meth:`_replace`). A job counts as started when one of its workers connects (this plugin, on the scheduler), not
     when a check finds it: a job cancelled between two checks was otherwise never replaced (measured:
     with casatools-only workers a job's two workers had done three chunks 2 s after they connected).
     """
@@ -35,6 +35,7 @@ class LostJobs(SchedulerPlugin):
         self.cluster = cluster
         self.started: set = set()  # jobs whose workers have connected at some point
         self.without_workers: dict = {}  # started jobs with no worker connected now: since when
+        self.replacing: set = set()  # replacements under way
 
     def add_worker(self, scheduler, worker: str) -> None:
         connected = [str(scheduler.workers[worker].name)]
@@ -46,14 +47,34 @@ class LostJobs(SchedulerPlugin):
         self.without_workers = without_workers(list(self.cluster.workers), self.started, connected,
                                                self.without_workers, now)
         for name in lost_jobs(self.without_workers, now, RESTART_GRACE_SECONDS):
-            self.started.discard(name)
+            self.started.discard(name)  # not found lost again while it is being replaced
             del self.without_workers[name]
             job = self.cluster.workers[name]
             print(f"hpc_imager: batch job {job.job_id} has had no worker for {RESTART_GRACE_SECONDS} s;"
                   " submitting a replacement", file=sys.stderr, flush=True)
-            jobs = len(self.cluster.worker_spec)
-            del self.cluster.worker_spec[name]
-            self.cluster.scale(jobs=jobs)  # closes the lost job (no spec), submits a new spec's job
+            replacing = asyncio.ensure_future(self._replace(name, job))
+            self.replacing.add(replacing)  # kept until done: the event loop holds tasks only weakly
+            replacing.add_done_callback(self.replacing.discard)
+
+    async def _replace(self, name, job) -> None:
+        """Cancel the lost job, and only then submit its replacement.
+
+        On a node that is gone the cancelled job stays COMPLETING (its slurmd cannot confirm the kill)
+        until Slurm marks the node down, and Slurm starts no job on a node with a completing one; a
+        replacement submitted before the cancel reached slurmctld could be started on the lost node,
+        where its launch fails and Slurm holds it ("launch failed requeued held"). dask-jobqueue runs
+        scancel and sbatch as concurrent subprocesses, a race, so the order is kept here. On CI's
+        namespaced nodes (tests/test_multihost.py), nodeA's processes SIGKILLed: its job completing
+        there, the replacement started on nodeB in 4 of 4 runs. The replacement goes through
+        SpecCluster's public ``workers`` and ``scale``: scaling to the jobs it has starts a job for the
+        spec that has none now.
+        """
+        try:
+            await job.close()
+        finally:  # a cancel that failed must not keep the run a job short
+            if self.cluster.workers.get(name) is job:
+                del self.cluster.workers[name]
+            self.cluster.scale(jobs=len(self.cluster.worker_spec))
 
 
 def without_workers(jobs: list, started: set, connected: list[str], since: dict, now: float) -> dict:

@@ -94,7 +94,8 @@ class SiteProfile(BaseModel):
     job_directives: Annotated[list[str], Field(description="Extra scheduler directives, e.g. '--constraint=ib' (without '#SBATCH').")] = []
     prologue: Annotated[list[str], Field(description="Shell lines run before each worker (and the driver job) starts: module loads, environment. Each is shell as written, so each must be one line (no newline, carriage return or NUL).")] = []
     python: Annotated[Optional[str], Field(description="The python that workers run (default: the driver's).")] = None
-    interface: Annotated[Optional[str], Field(description="Network interface the dask scheduler and workers talk on, e.g. 'ib0'.")] = None
+    interface: Annotated[Optional[str], Field(description="Network interface the workers listen on, on the compute nodes, e.g. 'ib0' (and the dask scheduler's, on the driver's host, unless driver_interface names another).")] = None
+    driver_interface: Annotated[Optional[str], Field(description="Network interface of the driver's host (login node) that the compute nodes reach it on: the dask scheduler listens there (default: interface; neither: distributed's choice). `submit` refuses one that does not exist there, is down, has no IPv4 address or is loopback, before any job is submitted.")] = None
     local_scratch: Annotated[Optional[str], Field(description="Node-local scratch directory for workers, e.g. '$TMPDIR' or '/lustre/scratch/$USER'.")] = None
     shared_directory: Annotated[Optional[str], Field(description="Run directories must be under this shared file system (workers write there).")] = None
     casa_data: Annotated[Optional[str], Field(description="CASA measures data on the nodes (default: the casadata package's).")] = None

@@ -54,6 +54,7 @@ def image_cube(
     casa_setup.configure_offline()
     run_dir = spec.run_directory.resolve()
     imagename = spec.tclean.imagename
+    backend_for(site).check_site(site)
     existing = final_products(imagename)
     if existing and not resume:
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")

@@ -63,9 +63,12 @@ class CubeIteration(ImagingMode):
                     results[chunk.index] = metrics
                     total = chunk_metrics.setdefault(chunk.index, {
                         "chunk": chunk.index, "channels": chunk.nchan, "attempt": attempt, "wall_seconds": 0.0,
-                        "peak_rss_bytes": 0, "estimated_peak_bytes": session.plan.basis.task_peak_bytes})
+                        "peak_rss_bytes": 0, "estimated_peak_bytes": session.plan.basis.task_peak_bytes,
+                        "hosts": []})
                     total["wall_seconds"] += metrics["seconds"]
                     total["peak_rss_bytes"] = max(total["peak_rss_bytes"], metrics["peak_rss_bytes"])
+                    # its steps run wherever a worker is free: every host that imaged a step of it
+                    total["hosts"] = sorted(set(total["hosts"]) | {metrics["host"]})
                     total.update(worker=metrics.get("worker"), host=metrics.get("host"), attempt=attempt)
                     run.journal.step_done(chunk.index, attempt, name, _step_metrics(metrics))
                     if function is restore_chunk:  # its part is final: placed while the other chunks restore
