@@ -24,9 +24,10 @@ class LostJobs(SchedulerPlugin):
     distributed replaces a lost job only when the job runs a single worker: with several workers per
     job their names carry suffixes and the job is never noticed. A check every second on the
     cluster's event loop cancels a lost job and then has the cluster submit a fresh one under the
-    same name (:meth:`_replace`). A job counts as started when one of its workers connects (this plugin, on the scheduler), not
-    when a check finds it: a job cancelled between two checks was otherwise never replaced (measured:
-    with casatools-only workers a job's two workers had done three chunks 2 s after they connected).
+    same name (:meth:`_replace`). A job counts as started when one of its workers connects (this
+    plugin, on the scheduler), not when a check finds it: a job cancelled between two checks was
+    otherwise never replaced (measured: with casatools-only workers a job's two workers had done
+    three chunks 2 s after they connected).
     """
 
     name = "hpc_imager-lost-jobs"
