@@ -144,6 +144,7 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         try:
             tools.open_imager()
             deconvolver = tools.open_deconvolver()
+            tools.take_cube_weights()
             tools.make_psf_and_pb()
             tools.major_cycle(lastcycle)
             _keep_imaging_weights(scratch)

@@ -27,6 +27,7 @@ from ..imaging import casa_setup
 from ..imaging.channel_grid import ChannelGrid, Chunk
 from ..imaging.cycle_tasks import restore_chunk
 from ..imaging.casa_imager import chunking_caveats
+from ..imaging.cube_weights import CUBE_WEIGHTS, make_cube_weights, wants_cube_weights
 from ..imaging.imaging_task import part_path, whole_chunk_task
 from ..imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report, weighting_refusal
 from ..imaging.worker_plugin import PrepareWorker
@@ -72,6 +73,7 @@ class RunContext:
     grid: ChannelGrid
     chunks: list[Chunk]
     assembly: CubeAssembly
+    cube_weights: str = ""  # the whole cube's imaging weights every chunk is handed (briggsbwtaper)
 
     @property
     def tclean_params(self) -> dict:
@@ -83,7 +85,7 @@ class RunContext:
 
     def chunk_task(self) -> tuple[Callable, Callable[[Chunk], object]]:
         """The task that images a whole chunk of this run, and what it is given for each chunk."""
-        return whole_chunk_task(self.tclean_params)
+        return whole_chunk_task(self.tclean_params, self.cube_weights)
 
     def log_texts(self) -> Iterator[str]:
         """The run's worker and job logs, where distributed's nanny and the batch system write kills."""
@@ -130,7 +132,7 @@ def image_cube(
     facts = cube_facts(spec)
     spec = with_channels_per_task(spec, site, grid, facts, previous=_started_with(run_dir, resume))
     chunks = grid.chunks(spec.parallel.channels_per_task)
-    weighting_refusal(spec.tclean.model_dump(), chunks)
+    weighting_refusal(spec.tclean.model_dump(), chunks, spec.iteration)
     if spec.iteration == "cube":
         cube_iteration_refusal(spec.tclean.model_dump(), chunks, grid)
     estimate = estimate_task(spec, site, facts)
@@ -167,6 +169,7 @@ def image_cube(
             assembly.arrived(chunk)
         assembly.wait_placed(journal.placed)
         run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
+        cube_weights_seconds = _hand_cube_weights(run)
         caveats = grid.caveats() + chunking_caveats(spec.tclean.model_dump(), chunks)
         for caveat in caveats:
             console.print(f"hpc_imager: warning: {caveat}")
@@ -219,6 +222,7 @@ def image_cube(
             "memory_warnings": surprises,
             "failures": passes.failures,
             "iteration": spec.iteration,
+            "cube_weights_seconds": cube_weights_seconds,
         }
         if iteration is not None:
             report["iteration_summary"] = iteration
@@ -247,10 +251,22 @@ def image_cube(
         if not spec.run.keep_parts:
             shutil.rmtree(run_dir / "parts")
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+        shutil.rmtree(run_dir / CUBE_WEIGHTS, ignore_errors=True)
         console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}")
         return report
     finally:
         assembly.close()
+
+
+def _hand_cube_weights(run: RunContext) -> float | None:
+    """briggsbwtaper over chunks: the whole cube's imaging weights made here once (the seconds it took),
+    for every chunk's task to be handed (imaging/cube_weights.py)."""
+    if not wants_cube_weights(run.tclean_params, run.chunks):
+        return None
+    with run.console.status("weighting the whole cube (briggsbwtaper)"):
+        path, seconds = make_cube_weights(run.tclean_params, run.run_dir)
+    run.cube_weights = str(path)
+    return seconds
 
 
 def _started_with(run_dir: Path, resume: bool) -> int | None:
@@ -337,6 +353,7 @@ def probe_cube(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate,
     assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis, placed=set())
     run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, assembly)
     try:
+        _hand_cube_weights(run)
         probe = _probe(run, estimate, chunks)
         assembly.wait_placed(journal.placed)  # its copy of the part, before the folder goes
     finally:
@@ -478,7 +495,7 @@ def _clean_cube(run: RunContext, plan: Plan) -> tuple[Passes, dict | None, list[
 
         try:
             summary = clean_cube(run.tclean_params, run.chunks, run.grid.nchan, run.run_dir, run.journal, run_step,
-                                 on_cycle=latest.update)
+                                 on_cycle=latest.update, cube_weights=run.cube_weights)
         except _StepUnfinished:
             return passes, None, list(chunk_metrics.values())
     return passes, dict(iteration_report(summary), steps=timings), list(chunk_metrics.values())
