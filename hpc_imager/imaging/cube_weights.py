@@ -25,9 +25,9 @@ checks that CASA read the table unchanged and made no other (:func:`check_reused
 
 Measured on NGC5921 (63 channels at 256², robust 0.5, niter=0, one-channel chunks on 2 workers of
 this shared 2-core machine): the cube's table took 13-17 s in the driver (its PSF; serial tclean of
-the whole cube 42 s), and the probe 1.5-2.5 s per chunk (median of two runs), more than the
-chunk's PSF (1.0-1.6 s): it reads the chunk's data three times (CASA's source: the density, the weights, its small PSF). The
-run imaged in 239 s against 118 s for the same chunks weighted 'briggs'.
+the whole cube 42 s), and the probe 1.5-2.5 s per chunk (median of two runs), more than the chunk's
+PSF (1.0-1.6 s): it reads the chunk's data three times (CASA's source: the density, the weights, its
+small PSF). The run imaged in 239 s against 118 s for the same chunks weighted 'briggs'.
 """
 
 from __future__ import annotations
