@@ -23,6 +23,7 @@ from conftest import BASE_TCLEAN, PLANE_TOLERANCE, assert_close, assert_same_cub
 
 from hpc_imager.imaging import cycle_tasks
 from hpc_imager.imaging.channel_grid import Chunk, resolve_grid
+from hpc_imager.imaging.cube_weights import make_cube_weights, wants_cube_weights
 from hpc_imager.imaging.imager_records import imager_records
 from hpc_imager.imaging.imaging_task import image_chunk_with_tools
 from hpc_imager.imaging.iteration import (
@@ -85,8 +86,10 @@ def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, run_step=
     chunks = grid.chunks(channels_per_task)
     run_dir = directory / "run"
     journal = Journal.create(run_dir, {"fingerprint": spec.fingerprint()})
+    # briggsbwtaper: the whole cube's weights, made as the driver makes them
+    cube_weights = str(make_cube_weights(params, run_dir)[0]) if wants_cube_weights(params, chunks) else ""
     with contextlib.chdir(directory):
-        summary = clean_cube(params, chunks, grid.nchan, run_dir, journal, run_step)
+        summary = clean_cube(params, chunks, grid.nchan, run_dir, journal, run_step, cube_weights=cube_weights)
         assemble(run_dir, chunks, params)
     return imagename, summary
 
@@ -304,26 +307,36 @@ def _chunks(*sizes: int, guard: int = 0) -> list[Chunk]:
 
 
 def test_refusals_say_why_and_what_to_use_instead():
-    tclean = {"usemask": "user", "weighting": "natural", "gridder": "mosaic", "psfphasecenter": ""}
+    tclean = {"usemask": "user", "weighting": "natural", "gridder": "mosaic", "psfphasecenter": "",
+              "perchanweightdensity": True}
     cube_iteration_refusal(tclean, _chunks(4, 4))
     with pytest.raises(IterationRefused, match="psfphasecenter.*per-chunk"):
         cube_iteration_refusal(dict(tclean, psfphasecenter="J2000 12h00m00s +40d00m00s"), _chunks(4, 4))
     with pytest.raises(IterationRefused, match="'awproject'.*per-chunk"):
         cube_iteration_refusal(dict(tclean, gridder="awproject"), _chunks(4, 4))
-    weighting_refusal(tclean, _chunks(4, 4))
+    weighting_refusal(tclean, _chunks(4, 4), "cube")
     with pytest.raises(IterationRefused, match="auto-multithresh.*per-chunk"):
         cube_iteration_refusal(dict(tclean, usemask="auto-multithresh"), _chunks(4, 4))
     with pytest.raises(IterationRefused, match="guard channel.*channels_per_task >= 2"):
         cube_iteration_refusal(tclean, _chunks(4, 1, guard=1))
-    with pytest.raises(IterationRefused, match="fractional bandwidth.*weighting='briggs'"):
-        weighting_refusal(dict(tclean, weighting="briggsbwtaper"), _chunks(4, 1))
-    weighting_refusal(dict(tclean, weighting="briggsbwtaper"), _chunks(9))  # one task: serial's own bandwidth
+    bwtaper = dict(tclean, weighting="briggsbwtaper")
+    for iteration in ("none", "cube"):  # the whole cube's weights are handed to casatools' steps
+        weighting_refusal(bwtaper, _chunks(4, 1), iteration)
+    with pytest.raises(IterationRefused, match="fractional bandwidth.*own tclean call.*per-chunk iteration"):
+        weighting_refusal(bwtaper, _chunks(4, 1), "per-chunk")
+    with pytest.raises(IterationRefused, match="fractional bandwidth.*own tclean call.*'awproject'"):
+        weighting_refusal(dict(bwtaper, gridder="awproject"), _chunks(4, 1), "none")
+    with pytest.raises(IterationRefused, match="perchanweightdensity=True"):
+        weighting_refusal(dict(bwtaper, perchanweightdensity=False), _chunks(4, 1), "none")
+    weighting_refusal(bwtaper, _chunks(9), "per-chunk")  # one task: serial's own bandwidth
 
 
-def test_briggsbwtaper_over_chunks_is_refused_before_anything_runs(tmp_path, ngc5921_ms):
-    cube = write_cube_toml(tmp_path, ngc5921_ms, dict(SMALL, nchan=9, weighting="briggsbwtaper", robust=0.5),
-                           {"channels_per_task": 4})
+def test_briggsbwtaper_in_per_chunk_iteration_is_refused_before_anything_runs(tmp_path, ngc5921_ms):
+    """Each chunk's own tclean call cannot be handed the cube's weights (only casatools' steps are)."""
+    cube = write_cube_toml(tmp_path, ngc5921_ms, dict(SMALL, nchan=9, niter=50, weighting="briggsbwtaper", robust=0.5),
+                           {"channels_per_task": 4, "iteration": "per-chunk"})
     result = run_cli("submit", "--site", "local", cube, cwd=tmp_path, check=False, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("hpc_imager: error: weighting='briggsbwtaper'")
+    assert "per-chunk iteration" in result.stderr
     assert not (tmp_path / "cube.hpcrun").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from pathlib import Path
 
 from .imager_records import ImagerRecords
 
@@ -65,6 +66,7 @@ class ImagerTools:
         self.imager = None
         self.normalizer = None
         self.deconvolver = None
+        self.handed = None  # the cube's imaging weights handed to this chunk, and their sum
 
     def open_imager(self):
         """initializeImagers, initializeNormalizers, setWeighting."""
@@ -90,10 +92,22 @@ class ImagerTools:
         self.deconvolver.setupdeconvolution(decpars=self.records.deconvolution)
         return self.deconvolver
 
+    def take_cube_weights(self) -> None:
+        """With ``cube_weights`` (briggsbwtaper over chunks) the whole cube's imaging weights, put in the
+        working directory for the imager to read (cube_weights.py); before the PSF."""
+        if self.records.cube_weights:
+            from .cube_weights import hand_to_chunk
+
+            self.handed = hand_to_chunk(self.records, Path.cwd())
+
     def make_psf_and_pb(self) -> None:
         """makePSF (a cube's PSF is normalised in C++) and its beam check, then makePB: the standard
         gridder makes a cube's PB with its PSF, the others make it now."""
         self.imager.makepsf()
+        if self.handed:
+            from .cube_weights import check_reused
+
+            check_reused(*self.handed)
         if self.deconvolver is not None:
             self.deconvolver.checkrestoringbeam()
         if not ("stand" in self.records.grid["gridder"] and "cube" in self.records.image["specmode"]):
@@ -130,6 +144,9 @@ def make_chunk_images(records: ImagerRecords) -> dict[str, float]:
         timed("init_imager_and_weighting")
         if records.restoration:
             tools.open_deconvolver()
+        if records.cube_weights:
+            tools.take_cube_weights()
+            timed("cube_weights")
         tools.make_psf_and_pb()
         timed("psf_and_pb")
         tools.major_cycle(lastcycle=True)  # no iteration controller at niter 0: the first cycle is the last

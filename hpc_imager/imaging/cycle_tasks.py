@@ -33,6 +33,7 @@ from pathlib import Path
 from . import casa_setup
 from .casa_imager import ImagerTools
 from .channel_grid import Chunk
+from .cube_weights import WEIGHT_TABLES
 from .imager_records import ImagerRecords
 from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss, where_it_ran
 
@@ -119,19 +120,19 @@ def _with_mask_total(record, scratch: Path) -> dict:
 # reads them back from there while the table exists; the imager that made it deletes it when it
 # closes. Serial tclean's one imager computes them once; each step's fresh imager would compute them
 # again every cycle. So every step keeps a copy beside the chunk's images (after its major cycle,
-# while the imager is open) and puts it back before the next step's imager opens.
-_WEIGHT_TABLES = "IMAGING_WEIGHT_*"
+# while the imager is open) and puts it back before the next step's imager opens; with briggsbwtaper
+# over chunks the table kept is the one the start step was handed (cube_weights.py).
 _KEPT_WEIGHTS = "kept-imaging-weights"
 
 
 def _keep_imaging_weights(scratch: Path) -> None:
-    for table in scratch.glob(_WEIGHT_TABLES):
+    for table in scratch.glob(WEIGHT_TABLES):
         if not (scratch / _KEPT_WEIGHTS / table.name).exists():
             shutil.copytree(table, scratch / _KEPT_WEIGHTS / table.name)
 
 
 def _reuse_imaging_weights(scratch: Path) -> None:
-    for table in (scratch / _KEPT_WEIGHTS).glob(_WEIGHT_TABLES):
+    for table in (scratch / _KEPT_WEIGHTS).glob(WEIGHT_TABLES):
         if not (scratch / table.name).exists():
             shutil.copytree(table, scratch / table.name)
 
@@ -144,6 +145,7 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         try:
             tools.open_imager()
             deconvolver = tools.open_deconvolver()
+            tools.take_cube_weights()
             tools.make_psf_and_pb()
             tools.major_cycle(lastcycle)
             _keep_imaging_weights(scratch)
@@ -200,7 +202,7 @@ def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: i
     used (``.prev.mask``) in place of the one made after it."""
     started = time.time()
     with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
-        for table in [*scratch.glob(_KEPT_WEIGHTS), *scratch.glob(_WEIGHT_TABLES)]:  # a part holds images only
+        for table in [*scratch.glob(_KEPT_WEIGHTS), *scratch.glob(WEIGHT_TABLES)]:  # a part holds images only
             shutil.rmtree(table)
         if revert_mask and (scratch / "part.prev.mask").is_dir():
             shutil.rmtree(scratch / "part.mask")

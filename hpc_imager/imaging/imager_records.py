@@ -31,6 +31,10 @@ class ImagerRecords:
     iteration: dict
     restoration: bool
     pbcor: bool
+    # briggsbwtaper over chunks: the driver's table of the whole cube's weights (cube_weights.py), and
+    # the chunk's first channel in the cube
+    cube_weights: str = ""
+    first_channel: int = 0
 
     @property
     def usemask(self) -> str:
@@ -40,11 +44,13 @@ class ImagerRecords:
         """The same records for images called ``imagename`` (an attempt's scratch path); without
         ``startmodel`` after the first step, where serial's deconvolver has already added it to the model."""
 
+        current = self.image["imagename"]  # _IMAGENAME until named
+
         def put(value):
             if isinstance(value, dict):
                 return {k: put(v) for k, v in value.items()}
-            if isinstance(value, str) and value.startswith(_IMAGENAME):
-                return imagename + value[len(_IMAGENAME):]
+            if isinstance(value, str) and value.startswith(current):
+                return imagename + value[len(current):]
             return value
 
         named = replace(self, selection=tuple(put(s) for s in self.selection), image=put(self.image),
@@ -71,8 +77,9 @@ def imager_parameters(tclean_params: dict, imagename: str):
     return ImagerParameters(**bparm)
 
 
-def imager_records(tclean_params: dict, chunk: Chunk | None = None) -> ImagerRecords:
-    """The records for ``chunk``'s channels of the cube (the whole cube without one)."""
+def imager_records(tclean_params: dict, chunk: Chunk | None = None, cube_weights: str = "") -> ImagerRecords:
+    """The records for ``chunk``'s channels of the cube (the whole cube without one); ``cube_weights``:
+    the whole cube's imaging weights to hand the chunk (:mod:`cube_weights`)."""
     params = dict(tclean_params, **(chunk.tclean_overrides() if chunk else {}))
     made = imager_parameters(params, _IMAGENAME)
     selection = made.getSelPars()
@@ -86,4 +93,6 @@ def imager_records(tclean_params: dict, chunk: Chunk | None = None) -> ImagerRec
         iteration=made.getIterPars(),
         restoration=bool(params.get("restoration", True)),
         pbcor=bool(params.get("pbcor", False)),
+        cube_weights=cube_weights,
+        first_channel=chunk.first if chunk else 0,
     )

@@ -211,13 +211,13 @@ def image_chunk_with_tools(records: ImagerRecords, chunk: Chunk, run_dir: str, a
     return metrics
 
 
-def whole_chunk_task(tclean_params: dict) -> tuple[Callable, Callable[[Chunk], object]]:
+def whole_chunk_task(tclean_params: dict, cube_weights: str = "") -> tuple[Callable, Callable[[Chunk], object]]:
     """The task that images a whole chunk and what it is given for each chunk: at ``niter=0``
     tclean's own steps on casatools alone, from records the driver makes (the workers never load
     casatasks: 4.8 s of import for two workers at once on 2 cores, 0.9 s longer to exit, and
     0.12-0.14 GiB more at a task's peak, measured on NGC5921 512²×8); otherwise tclean itself, each
-    chunk cleaned with its own iteration control (per-chunk). ``submit`` and ``calibrate`` both take
-    it from here."""
+    chunk cleaned with its own iteration control (per-chunk). ``cube_weights``: the whole cube's imaging
+    weights each chunk is handed (cube_weights.py). ``submit`` and ``calibrate`` both take it from here."""
     if tclean_params["niter"] == 0 and tools_reproduce_tclean(tclean_params):
-        return image_chunk_with_tools, lambda chunk: imager_records(tclean_params, chunk)
+        return image_chunk_with_tools, lambda chunk: imager_records(tclean_params, chunk, cube_weights)
     return image_chunk, lambda chunk: tclean_params

@@ -243,13 +243,21 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             " leaves no chunk of one channel")
 
 
-def weighting_refusal(tclean: dict, chunks: list[Chunk]) -> None:
-    """Refuse weightings decided over the whole cube that a chunk cannot be handed (CASA 6.7)."""
-    if tclean["weighting"] == "briggsbwtaper" and len(chunks) > 1:
+def weighting_refusal(tclean: dict, chunks: list[Chunk], iteration: str) -> None:
+    """Refuse weightings decided over the whole cube where a chunk cannot be handed the cube's weights:
+    they are handed to casatools' imager steps (cube_weights.py), not to a tclean call."""
+    if tclean["weighting"] != "briggsbwtaper" or len(chunks) < 2:
+        return
+    why = ("weighting='briggsbwtaper' tapers by the whole cube's fractional bandwidth, and the cube's weights"
+           " are handed only to the chunks' casatools steps")
+    if iteration == "per-chunk" or not tools_reproduce_tclean(tclean):
         raise IterationRefused(
-            "weighting='briggsbwtaper' tapers by the whole cube's fractional bandwidth, which CASA 6.7's"
-            " synthesisimager cannot be given (each chunk would use its own; a one-channel chunk has none"
-            " and fails); use weighting='briggs', or channels_per_task >= nchan (one task)")
+            f"{why}, not to a chunk's own tclean call ({'per-chunk iteration' if iteration == 'per-chunk' else 'gridder=' + repr(tclean['gridder'])});"
+            " use iteration = 'cube', weighting='briggs', or channels_per_task >= nchan (one task)")
+    if not tclean["perchanweightdensity"]:
+        raise IterationRefused(
+            f"{why}, made per channel (tclean's briggsbwtaper needs perchanweightdensity=True); set it,"
+            " or use channels_per_task >= nchan (one task)")
 
 
 def iteration_report(summary: dict) -> dict:
@@ -259,7 +267,7 @@ def iteration_report(summary: dict) -> dict:
 
 
 def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Path, journal, run_step: Callable,
-               on_cycle: Callable[[dict], None] = lambda progress: None) -> dict:
+               on_cycle: Callable[[dict], None] = lambda progress: None, cube_weights: str = "") -> dict:
     """Serial tclean's major/minor loop over the whole cube, each step run in every chunk at once.
 
     ``run_step(function, arguments, **keywords)`` runs ``function(*args, attempt=..., **keywords)``
@@ -267,7 +275,8 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
     and returns the results in that order, or raises. Every finished step goes to the ``journal``
     (:meth:`Journal.iteration_step`) with what the controller merged, so a run killed at any point
     resumes after the last step every chunk finished (the controller is rebuilt by replaying them). Returns tclean's summary; the chunks'
-    restored images are left in ``parts/<chunk>`` for assembly.
+    restored images are left in ``parts/<chunk>`` for assembly. ``cube_weights``: the whole cube's imaging
+    weights every chunk's first step is handed (briggsbwtaper, cube_weights.py).
     """
     from . import cycle_tasks
 
@@ -276,7 +285,7 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
     # the iteration parameters task_tclean hands its iterbotsink (with ImagerParameters' fixes)
     controller = CubeIteration(imager_records(tclean_params).iteration, chunks,
                                serial_block_size(nchan, list(np.atleast_1d(tclean_params["imsize"]))))
-    arguments = [(imager_records(tclean_params, c), c, str(run_dir)) for c in chunks]
+    arguments = [(imager_records(tclean_params, c, cube_weights), c, str(run_dir)) for c in chunks]
     try:
         if done:
             converged = controller.replay([step["records"] for step in done])

@@ -29,6 +29,7 @@ class RunContext:
     grid: ChannelGrid
     chunks: list[Chunk]
     assembly: CubeAssembly | None  # made once the run's journal says what is placed
+    cube_weights: str = ""  # the whole cube's imaging weights every chunk is handed (briggsbwtaper)
 
     @property
     def tclean_params(self) -> dict:

@@ -20,6 +20,7 @@ from ..backends import backend_for
 from ..errors import RunFailed
 from ..imaging import casa_setup
 from ..imaging.casa_imager import chunking_caveats
+from ..imaging.cube_weights import CUBE_WEIGHTS, make_cube_weights, wants_cube_weights
 from ..imaging.iteration import weighting_refusal
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import SiteProfile
@@ -62,7 +63,7 @@ def image_cube(
     sized = size_cube(spec, site, _started_with(run_dir, resume))
     spec, grid, chunks, plan = sized.spec, sized.grid, sized.chunks, sized.plan
     mode = mode_for(spec.iteration)()
-    weighting_refusal(spec.tclean.model_dump(), chunks)
+    weighting_refusal(spec.tclean.model_dump(), chunks, spec.iteration)
     mode.refuse(spec.tclean.model_dump(), chunks, grid)
     identity = {
         "fingerprint": spec.fingerprint(),
@@ -101,6 +102,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
         for chunk in set(chunks) - set(todo):
             assembly.arrived(chunk)
         assembly.wait_placed(journal.placed)
+        cube_weights_seconds = _hand_cube_weights(run)
         caveats = grid.caveats() + chunking_caveats(spec.tclean.model_dump(), chunks)
         for caveat in caveats:
             console.print(f"hpc_imager: warning: {caveat}")
@@ -138,6 +140,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             "memory_warnings": surprises,
             "failures": passes.failures,
             "iteration": spec.iteration,
+            "cube_weights_seconds": cube_weights_seconds,
             **result.report,
         }
         if lost:
@@ -169,12 +172,24 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
         if not spec.run.keep_parts:
             shutil.rmtree(run_dir / "parts")
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+        shutil.rmtree(run_dir / CUBE_WEIGHTS, ignore_errors=True)
         console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}"
                       + "".join(f", {fits}" for fits in report.get("fits", [])))
         log.info("complete: %s", report["concat"]["products"])
         return report
     finally:
         assembly.close()
+
+
+def _hand_cube_weights(run: RunContext) -> float | None:
+    """briggsbwtaper over chunks: the whole cube's imaging weights made here once (the seconds it took),
+    for every chunk's task to be handed (imaging/cube_weights.py)."""
+    if not wants_cube_weights(run.tclean_params, run.chunks):
+        return None
+    with run.console.status("weighting the whole cube (briggsbwtaper)"):
+        path, seconds = make_cube_weights(run.tclean_params, run.run_dir)
+    run.cube_weights = str(path)
+    return seconds
 
 
 def _started_with(run_dir: Path, resume: bool) -> int | None:
@@ -197,6 +212,7 @@ def probe_cube(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate,
     assembly = CubeAssembly(run_dir, sized.chunks, spec.tclean.model_dump(), sized.grid.tabular_axis, placed=set())
     run = RunContext(sized.spec, site, backend_for(site), run_dir, journal, console, sized.grid, sized.chunks, assembly)
     try:
+        _hand_cube_weights(run)
         probe = WholeChunks().probe(run, estimate, sized.chunks)
         assembly.wait_placed(journal.placed)  # its copy of the part, before the folder goes
     finally:

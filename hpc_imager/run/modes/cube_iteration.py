@@ -89,7 +89,7 @@ class CubeIteration(ImagingMode):
 
             try:
                 summary = clean_cube(run.tclean_params, run.chunks, run.grid.nchan, run.run_dir, run.journal,
-                                     run_step, on_cycle=latest.update)
+                                     run_step, on_cycle=latest.update, cube_weights=run.cube_weights)
             except _StepUnfinished:
                 return ModeResult(session.passes, list(chunk_metrics.values()))
         for chunk in run.chunks:  # restored before a resume: placed now (a chunk placed already is skipped)

@@ -53,7 +53,7 @@ class WholeChunks(ImagingMode):
 
     def tasks(self, run: "RunContext", estimated_peak_bytes: int) -> Tasks:
         """The whole-chunk task; each chunk recorded with the peak it was planned for."""
-        function, inputs = whole_chunk_task(run.tclean_params)
+        function, inputs = whole_chunk_task(run.tclean_params, run.cube_weights)
 
         def done(chunk: Chunk, attempt: int, metrics: dict) -> None:
             run.journal.done(chunk.index, dict(metrics, estimated_peak_bytes=estimated_peak_bytes))
