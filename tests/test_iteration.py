@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BASE_TCLEAN, PLANE_TOLERANCE, assert_close, assert_same_cube, run_cli, write_cube_toml
+from conftest import (BASE_TCLEAN, PLANE_TOLERANCE, assert_close, assert_same_cube, read_cube, run_cli,
+                      write_cube_toml)
 
 from hpc_imager.imaging import cycle_tasks
 from hpc_imager.imaging.channel_grid import Chunk, resolve_grid
@@ -41,6 +42,9 @@ from hpc_imager.run.journal import Journal
 # (1.0-1.3 mJy), so the cube-wide cycle threshold and budget decide where each plane stops.
 SMALL = {"imsize": [128, 128], "start": 16, "width": 1, "nchan": 6}
 PRODUCTS = ("image", "residual", "model", "psf", "pb")
+AUTOMASK_CUBE = dict(imsize=[96, 96], start=16, width=1, nchan=20, niter=1200, cycleniter=20,
+                     usemask="auto-multithresh", noisethreshold=3.0, sidelobethreshold=1.5, lownoisethreshold=1.0,
+                     minbeamfrac=0.1)
 RETURNED = ("iterdone", "nmajordone", "stopcode", "stopDescription", "cyclethreshold")
 
 
@@ -73,9 +77,10 @@ def assemble(run_dir: Path, chunks, params: dict) -> None:
     assembly.finish(lambda index: None)
 
 
-def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, run_step=run_in_process,
+def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, run_step=run_in_process, resume=False,
                     **keywords) -> tuple[str, dict]:
-    """Whole-cube iteration over chunks in this process; the assembled cube and tclean's summary."""
+    """Whole-cube iteration over chunks in this process (or the rest of it, ``resume``); the assembled
+    cube and tclean's summary."""
     imagename = str(directory / "chunked")
     spec = parse_cube_spec({"tclean": dict(BASE_TCLEAN, vis=str(ms), imagename=imagename, **keywords),
                             "parallel": {"channels_per_task": channels_per_task}}, directory)
@@ -83,7 +88,7 @@ def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, run_step=
     grid = resolve_grid(spec.tclean)
     chunks = grid.chunks(channels_per_task)
     run_dir = directory / "run"
-    journal = Journal.create(run_dir, {"fingerprint": spec.fingerprint()})
+    journal = (Journal.resume if resume else Journal.create)(run_dir, {"fingerprint": spec.fingerprint()})
     with contextlib.chdir(directory):
         summary = clean_cube(params, chunks, grid.nchan, run_dir, journal, run_step)
         assemble(run_dir, chunks, params)
@@ -117,6 +122,33 @@ def test_cube_iteration_equals_serial_tclean(case, tmp_path, ngc5921_ms, serial_
     assert_same_return(summary, returned)
     # per plane and cycle: iterations exactly, peaks and fluxes to the pixels' own tolerance
     assert_close(summary["summaryminor"], returned["summaryminor"], PLANE_TOLERANCE, "summaryminor")
+
+
+def test_automask_over_many_cycles_equals_serial_tclean_and_resumes(tmp_path, ngc5921_ms, serial_tclean):
+    """auto-multithresh, 20 channels in chunks of 4, interrupted after its first cycle and resumed: every
+    chunk automasks with the cube's PSF sidelobe level and serial's block beam (cycle_tasks.AutomaskShare;
+    a resumed run reads them from the journal). Measured on this cube at 160² without them: one plane's
+    model 12 % of its peak from serial's, 15 mask pixels off; the bar for the mask is CASA's own mpicasa
+    (2 servers: 15 of 512 000 pixels off on that cube)."""
+    keywords = dict(AUTOMASK_CUBE)
+
+    class Interrupted(Exception):
+        pass
+
+    def until_second_cycle(function, arguments, **step_keywords):
+        if step_keywords.get("cycle") == 2 and function is cycle_tasks.cycle_chunk:
+            raise Interrupted
+        return run_in_process(function, arguments, **step_keywords)
+
+    with pytest.raises(Interrupted):
+        clean_in_chunks(tmp_path, ngc5921_ms, 4, run_step=until_second_cycle, **keywords)
+    chunked, summary = clean_in_chunks(tmp_path, ngc5921_ms, 4, resume=True, **keywords)
+    serial, returned = serial_tclean(**keywords)
+    assert returned["nmajordone"] >= 4 and returned["iterdone"] > 0, "the case must clean over several cycles"
+    assert_same_cube(chunked, serial, PRODUCTS)
+    assert_same_return(summary, returned)
+    got, want = read_cube(f"{chunked}.mask")["pixels"], read_cube(f"{serial}.mask")["pixels"]
+    assert want.sum() > 0 and (got != want).sum() <= 1e-4 * want.size, f"{(got != want).sum()} mask pixels off"
 
 
 def test_briggs_weights_are_computed_once_per_chunk_and_the_cube_equals_serial(tmp_path, ngc5921_ms,
@@ -287,8 +319,13 @@ def test_refusals_say_why_and_what_to_use_instead():
     with pytest.raises(IterationRefused, match="'awproject'.*per-chunk"):
         cube_iteration_refusal(dict(tclean, gridder="awproject"), _chunks(4, 4))
     weighting_refusal(tclean, _chunks(4, 4))
-    with pytest.raises(IterationRefused, match="auto-multithresh.*per-chunk"):
-        cube_iteration_refusal(dict(tclean, usemask="auto-multithresh"), _chunks(4, 4))
+    automask = dict(tclean, usemask="auto-multithresh", imsize=[1024, 1024], minpercentchange=-1.0)
+    cube_iteration_refusal(automask, _chunks(5, 5, 5, 5))  # serial automasks blocks of 10 channels at 1024²
+    with pytest.raises(IterationRefused, match="blocks of 10 channels.*channels 8-11.*divides 10"):
+        cube_iteration_refusal(automask, _chunks(4, 4, 4, 4))
+    cube_iteration_refusal(dict(automask, imsize=[128, 128]), _chunks(4, 4, 4, 4))  # one block of 488 at 128²
+    with pytest.raises(IterationRefused, match="minpercentchange >= 0.*per-chunk"):
+        cube_iteration_refusal(dict(automask, minpercentchange=10.0), _chunks(5, 5))
     with pytest.raises(IterationRefused, match="guard channel.*channels_per_task >= 2"):
         cube_iteration_refusal(tclean, _chunks(4, 1, guard=1))
     with pytest.raises(IterationRefused, match="fractional bandwidth.*weighting='briggs'"):
