@@ -42,9 +42,11 @@ from hpc_imager.run.journal import Journal
 # (1.0-1.3 mJy), so the cube-wide cycle threshold and budget decide where each plane stops.
 SMALL = {"imsize": [128, 128], "start": 16, "width": 1, "nchan": 6}
 PRODUCTS = ("image", "residual", "model", "psf", "pb")
-AUTOMASK_CUBE = dict(imsize=[96, 96], start=16, width=1, nchan=20, niter=1200, cycleniter=20,
-                     usemask="auto-multithresh", noisethreshold=3.0, sidelobethreshold=1.5, lownoisethreshold=1.0,
-                     minbeamfrac=0.1)
+# cyclefactor 5 and maxpsffraction 0.95 put the cycle threshold near the cube's peak residual, so
+# some chunks clean nothing in a cycle while others do (chunk 12-15 in its 7th of 8 cycles).
+AUTOMASK_CUBE = dict(imsize=[96, 96], start=16, width=1, nchan=20, niter=1200, cycleniter=20, cyclefactor=5.0,
+                     maxpsffraction=0.95, usemask="auto-multithresh", noisethreshold=3.0, sidelobethreshold=1.5,
+                     lownoisethreshold=1.0, minbeamfrac=0.1)
 RETURNED = ("iterdone", "nmajordone", "stopcode", "stopDescription", "cyclethreshold")
 
 
@@ -125,11 +127,13 @@ def test_cube_iteration_equals_serial_tclean(case, tmp_path, ngc5921_ms, serial_
 
 
 def test_automask_over_many_cycles_equals_serial_tclean_and_resumes(tmp_path, ngc5921_ms, serial_tclean):
-    """auto-multithresh, 20 channels in chunks of 4, interrupted after its first cycle and resumed: every
-    chunk automasks with the cube's PSF sidelobe level and serial's block beam (cycle_tasks.AutomaskShare;
-    a resumed run reads them from the journal). Measured without them: 4 of this cube's 184 320 mask
-    pixels off (at 160², 15 of 512 000 and one plane's model 12 % of its peak); with them none, in
-    every case measured (docs/correctness.md), so the mask must equal serial's."""
+    """auto-multithresh, 20 channels in chunks of 4 over 8 cycles, interrupted after its first and
+    resumed: every chunk automasks with the cube's PSF sidelobe level and serial's block beam
+    (cycle_tasks.AutomaskShare; a resumed run reads them from the journal), and a chunk that cleaned
+    nothing in a cycle automasks as after iterations (cycle_tasks._count_iterations). Measured on this
+    cube without the count: 21 of its 184 320 mask pixels off; on the same cube at cyclefactor 1
+    without the shares 4 (at 160², 15 of 512 000 and one plane's model 12 % of its peak); with both,
+    none in every case measured (docs/correctness.md), so the mask must equal serial's."""
     keywords = dict(AUTOMASK_CUBE)
 
     class Interrupted(Exception):
@@ -143,6 +147,10 @@ def test_automask_over_many_cycles_equals_serial_tclean_and_resumes(tmp_path, ng
     with pytest.raises(Interrupted):
         clean_in_chunks(tmp_path, ngc5921_ms, 4, run_step=until_second_cycle, **keywords)
     chunked, summary = clean_in_chunks(tmp_path, ngc5921_ms, 4, resume=True, **keywords)
+    cycles = [json.loads(line)["step"] for line in (tmp_path / "run" / "journal.jsonl").read_text().splitlines()
+              if '"kind": "cycle"' in line]
+    assert any(0 in [e["iterdone"] for e in c["records"]["exec"]] for c in cycles[:-1]), \
+        "the case must have a chunk that cleans nothing in a cycle before the last"
     serial, returned = serial_tclean(**keywords)
     assert returned["nmajordone"] >= 4 and returned["iterdone"] > 0, "the case must clean over several cycles"
     assert_same_cube(chunked, serial, PRODUCTS)

@@ -31,7 +31,8 @@ plane's model (12 % of its peak) differed from serial; with them none. What seri
 keeps between cycles and a fresh one starts without does not change the mask where cube iteration
 allows automasking: its positive-mask work image is already inside the mask it is added to, and its
 per-channel stop flags are set only for a plane whose mask came out empty (which an unchanged
-residual makes empty again) unless ``minpercentchange >= 0``, which is refused.
+residual makes empty again) unless ``minpercentchange >= 0``, which is refused. Its iteration
+count does (the first automask does not grow the previous mask): see :func:`_count_iterations`.
 """
 
 from __future__ import annotations
@@ -248,6 +249,8 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
             deconvolver = tools.open_deconvolver()
             deconvolver.initminorcycle()  # loads the images and the statistics serial's deconvolver holds
             executed = deconvolver.executeminorcycle(iterbotrecord=dict(controls))
+            if share is not None and executed["iterdone"] == 0:
+                _count_iterations(deconvolver, scratch, controls)
             if "auto" in records.usemask:
                 # runMinorCycleCore keeps the mask this cycle used; hasConverged reverts to it at the end
                 _replace_tree(scratch / "part.mask", scratch / "part.prev.mask")
@@ -266,6 +269,28 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
             tools.close()
     return {"exec": _plain(executed), "init": init, "seconds": time.time() - started,
             "peak_rss_bytes": _peak_rss_bytes()}
+
+
+def _count_iterations(deconvolver, scratch: Path, controls: dict) -> None:
+    """Make the step's tool count iterations done, as serial's does at every cycle's setupmask (the
+    controller starts the first minor cycle only where it cleans): an automask after iterations grows
+    the previous mask, the first does not. A chunk that cleaned nothing this cycle cleans one iteration
+    per plane, and its model and residual are put back as they were (a plane with an empty mask
+    cannot clean, and an empty mask has nothing to grow)."""
+    from casatools import image
+
+    saved = {}
+    for name in ("model", "residual"):
+        pixels = image()
+        pixels.open(str(scratch / f"part.{name}"))
+        saved[name] = pixels.getchunk()
+        pixels.done()
+    deconvolver.executeminorcycle(iterbotrecord=dict(controls, cycleniter=1, cyclethreshold=0.0, nsigma=0.0))
+    for name, values in saved.items():
+        pixels = image()
+        pixels.open(str(scratch / f"part.{name}"))
+        pixels.putchunk(values)
+        pixels.done()
 
 
 def _replace_tree(source: Path, target: Path) -> None:

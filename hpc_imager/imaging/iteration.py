@@ -254,7 +254,8 @@ def automask_refusal(tclean: dict, chunks: list[Chunk]) -> None:
         raise IterationRefused(
             "usemask='auto-multithresh' with minpercentchange >= 0 stops automasking a channel whose mask stopped"
             " changing, a flag serial tclean's deconvolver keeps between cycles that no chunk can be handed; use"
-            " minpercentchange=-1, [parallel] iteration = 'per-chunk' (not equal to serial) or channels_per_task >= nchan")
+            " minpercentchange=-1, [parallel] iteration = 'per-chunk' (not equal to serial) or"
+            " channels_per_task >= nchan")
 
 
 def automask_shares(tclean: dict, chunks: list[Chunk], block: int, starts: list[dict]) -> dict:
@@ -328,7 +329,8 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
         if done:
             converged = controller.replay([step["records"] for step in done])
             cycle = done[-1]["cycle"]
-            automask = {name: cycle_tasks.AutomaskShare(**share) for name, share in (done[0].get("automask") or {}).items()}
+            automask = {name: cycle_tasks.AutomaskShare(**share)
+                        for name, share in (done[0].get("automask") or {}).items()}
         else:
             lastcycle = controller.first_major_cycle()
             started = run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle)
@@ -339,7 +341,8 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
                 started = [{"init": [start["init"][0], mask["init"]]} for start, mask in zip(started, masked)]
             converged = controller.started(started)
             cycle = 0
-            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged, "records": controller.events[-1],
+            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged,
+                                    "records": controller.events[-1],
                                     "automask": {name: asdict(share) for name, share in automask.items()}})
         on_cycle(dict(controller.progress(), cycle=cycle))
         while not converged:
