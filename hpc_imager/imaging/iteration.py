@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -226,10 +227,7 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             f" start on a data channel (the nearest is {nearest!r}Hz) with width={step!r}Hz, or use"
             " [parallel] iteration = 'per-chunk' (not equal to serial) or channels_per_task >= nchan")
     if tclean["usemask"] == "auto-multithresh":
-        raise IterationRefused(
-            "usemask='auto-multithresh' keeps per-channel state between cycles inside serial tclean's"
-            " deconvolver that no chunk can be handed; use [parallel] iteration = 'per-chunk' (each chunk"
-            " automasked and cleaned on its own, not equal to serial) or channels_per_task >= nchan")
+        automask_refusal(tclean, chunks)
     if not tools_reproduce_tclean(tclean):
         raise IterationRefused(
             f"gridder={tclean['gridder']!r} with psfphasecenter={tclean['psfphasecenter']!r}: serial tclean does"
@@ -241,6 +239,56 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             "a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
             " cleaning would join the cube's iteration control; choose a channels_per_task >= 2 that"
             " leaves no chunk of one channel")
+
+
+def automask_refusal(tclean: dict, chunks: list[Chunk]) -> None:
+    """Refuse the automasks a chunk cannot be handed its share of (cycle_tasks.AutomaskShare)."""
+    block = serial_block_size(sum(c.nchan for c in chunks), list(np.atleast_1d(tclean["imsize"])))
+    across = [c for c in chunks if c.first // block != (c.first + c.nchan - 1) // block]
+    if across:
+        raise IterationRefused(
+            f"usemask='auto-multithresh': serial tclean automasks blocks of {block} channels with one beam each,"
+            f" and channels {across[0].first}-{across[0].first + across[0].nchan - 1} span two of them; choose a"
+            f" channels_per_task that divides {block}, or channels_per_task >= nchan")
+    if tclean["minpercentchange"] >= 0:
+        raise IterationRefused(
+            "usemask='auto-multithresh' with minpercentchange >= 0 stops automasking a channel whose mask stopped"
+            " changing, a flag serial tclean's deconvolver keeps between cycles that no chunk can be handed; use"
+            " minpercentchange=-1, [parallel] iteration = 'per-chunk' (not equal to serial) or"
+            " channels_per_task >= nchan")
+
+
+def automask_shares(tclean: dict, chunks: list[Chunk], block: int, starts: list[dict]) -> dict:
+    """Each chunk's :class:`cycle_tasks.AutomaskShare`, from every chunk's start step: serial's
+    deconvolver automasks with the PSF sidelobe level of the whole cube (the largest chunk's) and the
+    common beam of each of its blocks of channels (from every channel's PSF beams)."""
+    from .cycle_tasks import AutomaskShare
+
+    levels = [float(start["init"][0]["maxpsfsidelobe"]) for start in starts]
+    beams: dict[int, list[dict]] = {}
+    for chunk, start in zip(chunks, starts):
+        for offset, planes in enumerate(start["psf_beams"]):
+            beams.setdefault((chunk.first + offset) // block, []).extend(planes)
+    block_beams = {index: common_beam(planes) for index, planes in beams.items()}
+    return {chunk.name: AutomaskShare(sidelobethreshold=tclean["sidelobethreshold"] * max(levels) / level,
+                                      beam=block_beams[chunk.first // block])
+            for chunk, level in zip(chunks, levels)}
+
+
+def common_beam(beams: list[dict]) -> dict:
+    """CASA's common beam of ``beams`` (the image tool's commonbeam, CasaImageBeamSet::getCommonBeam as
+    the automask takes it), from a one-pixel image with a plane per beam."""
+    from casatools import image
+
+    planes = image()
+    planes.fromshape("", [1, 1, 1, len(beams)])
+    try:
+        for channel, beam in enumerate(beams):
+            planes.setrestoringbeam(major=beam["major"], minor=beam["minor"], pa=beam["pa"], channel=channel,
+                                    polarization=0)
+        return _plain(planes.commonbeam())
+    finally:
+        planes.done()
 
 
 def weighting_refusal(tclean: dict, chunks: list[Chunk], iteration: str) -> None:
@@ -290,17 +338,27 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
         if done:
             converged = controller.replay([step["records"] for step in done])
             cycle = done[-1]["cycle"]
+            automask = {name: cycle_tasks.AutomaskShare(**share)
+                        for name, share in (done[0].get("automask") or {}).items()}
         else:
             lastcycle = controller.first_major_cycle()
-            converged = controller.started(run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle))
+            started = run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle)
+            automask = {}
+            if "auto" in tclean_params["usemask"]:  # the start's setupmask, with what only the whole cube gives
+                automask = automask_shares(tclean_params, chunks, controller.block, started)
+                masked = run_step(cycle_tasks.mask_chunk, arguments, cycle=0, automask=automask)
+                started = [{"init": [start["init"][0], mask["init"]]} for start, mask in zip(started, masked)]
+            converged = controller.started(started)
             cycle = 0
-            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged, "records": controller.events[-1],
-                                    "progress": controller.progress()})
+            journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged,
+                                    "records": controller.events[-1], "progress": controller.progress(),
+                                    "automask": {name: asdict(share) for name, share in automask.items()}})
         on_cycle(dict(controller.progress(), cycle=cycle))
         while not converged:
             controls = controller.controls()
             cycle += 1
-            converged = controller.cycled(run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls))
+            converged = controller.cycled(run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls,
+                                                   automask=automask))
             journal.iteration_step({"kind": "cycle", "cycle": cycle, "converged": converged,
                                     "records": controller.events[-1], "progress": controller.progress()})
             for chunk in chunks:  # the step is journalled: the cycle before it is not needed to resume

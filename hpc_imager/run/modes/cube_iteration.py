@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, ClassVar
 
 from ...imaging.channel_grid import ChannelGrid, Chunk
-from ...imaging.cycle_tasks import restore_chunk, start_chunk
+from ...imaging.cycle_tasks import mask_chunk, restore_chunk, start_chunk
 from ...imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report
 from ...sizing.estimate import TaskEstimate
 from ...sizing.plan import Plan
@@ -27,7 +27,8 @@ from .base import ImagingMode, ModeResult
 if TYPE_CHECKING:
     from ..context import RunContext
 
-STEP_NAMES = {start_chunk: "start", restore_chunk: "restore"}
+STEP_NAMES = {start_chunk: "start", mask_chunk: "mask", restore_chunk: "restore"}
+STEP_DESCRIPTIONS = {"start": "PSF, residual", "mask": "automask", "restore": "restoring"}
 
 
 class _StepUnfinished(Exception):
@@ -76,7 +77,7 @@ class CubeIteration(ImagingMode):
                         run.assembly.arrived(chunk)
 
                 description = (f"{name} (iterations {latest['iterdone']}, peak residual {latest['peakresidual']:.3g})"
-                               if name.startswith("cycle") else {"start": "PSF, residual", "restore": "restoring"}[name])
+                               if name.startswith("cycle") else STEP_DESCRIPTIONS[name])
                 step_started = time.time()
                 if session.run_tasks(Tasks(function, lambda chunk: inputs[chunk.index], description, done, keywords, name),
                                      list(run.chunks)):
