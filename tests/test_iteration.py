@@ -129,10 +129,10 @@ def test_one_channel_chunks_of_the_default_frequency_grid_equal_serial_tclean(tm
     """All 63 channels (nchan=-1: a frequency grid on the data's channels), one chunk each, as the
     seed's reference job images them: a one-channel cube there is the cube's channel, with no guard
     channel (channel_grid), so every chunk is a plane of serial's cube under the cube's controller."""
-    keywords = {"imsize": [64, 64], "cell": ["30arcsec"], "nchan": -1, "niter": 1500, "cycleniter": 10}
+    keywords = {"imsize": [64, 64], "cell": ["30arcsec"], "nchan": -1, "niter": 300, "cycleniter": 20}
     serial, returned = serial_tclean(**keywords)
     chunked, summary = clean_in_chunks(tmp_path, ngc5921_ms, 1, **keywords)
-    assert returned["nmajordone"] >= 3 and returned["iterdone"] > 0, "the case must run cycles after the start"
+    assert returned["nmajordone"] >= 2 and returned["iterdone"] > 0, "the case must clean"
     assert_same_cube(chunked, serial, PRODUCTS)
     assert_same_return(summary, returned)
     assert_close(summary["summaryminor"], returned["summaryminor"], PLANE_TOLERANCE, "summaryminor")

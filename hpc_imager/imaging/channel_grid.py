@@ -18,9 +18,9 @@ velocity differently from the same channel inside a longer cube (10-18 % of the 
 while any chunk of two or more channels is identical. A one-channel chunk of such a grid is therefore
 imaged with one guard channel after it, which the worker trims off. Where every output channel is one
 data channel (``nchan=-1`` and the default start and width, or a start on a data channel with the
-data's width) a one-channel cube is the cube's channel: all 63 NGC5921 channels bit-identical at 64²
-and 256², so no guard (and whole-cube iteration can clean one-channel chunks). Nor does a cube of one
-channel get one: it is serial's own one-channel cube (with a guard, 10 % apart from it).
+data's width) a one-channel cube is the cube's channel (all 63 NGC5921 channels bit-identical at 64²,
+six of them at 256²), so no guard, and whole-cube iteration cleans one-channel chunks. Nor does a cube
+of one channel get one: it is serial's own one-channel cube (with a guard, 10 % apart from it).
 """
 
 from __future__ import annotations
