@@ -30,6 +30,23 @@ def test_frequency_and_velocity_chunks_keep_the_users_units_and_guard_single_cha
     assert ChannelGrid(3, "channel", 0, 1, "", "LSRK").chunks(1)[0].guard == 0
 
 
+def test_a_single_channel_is_guarded_only_where_output_channels_are_not_one_data_channel_each():
+    step = 24414.0625
+    data = tuple(1.4e9 + i * step for i in range(12))
+
+    def grid(frequencies, width):
+        return ChannelGrid(len(frequencies), "frequency", frequencies[0], width, "Hz", "LSRK",
+                           frequencies=frequencies, data_frequencies=data)
+
+    assert [c.guard for c in grid(data[2:7], step).chunks(2)] == [0, 0, 0]  # one data channel each
+    assert [c.guard for c in grid(data[2:8:2], 2 * step).chunks(2)] == [0, 1]  # two data channels' width
+    assert [c.guard for c in grid(tuple(f + step / 2 for f in data[2:7]), step).chunks(2)] == [0, 0, 1]  # between
+    assert grid(data[2:8:2], 2 * step).chunks(1)[0].guard == 1
+    assert grid(data[2:3], 2 * step).chunks(1)[0].guard == 0  # a one-channel cube is serial's own
+    unknown = ChannelGrid(3, "frequency", data[0], step, "Hz", "LSRK", frequencies=data[:3])  # no preflight
+    assert unknown.chunks(2)[-1].guard == 1
+
+
 @pytest.mark.casa
 @pytest.mark.parametrize("keywords, nchan, kind", [
     ({"nchan": -1}, 63, "frequency"),

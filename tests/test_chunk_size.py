@@ -52,8 +52,8 @@ def test_smallest_within_slack_of_fastest():
 
 
 def test_frequency_grids_avoid_a_last_chunk_of_one_channel():
-    """41 channels would be 8 × 5 + 1: the one-channel chunk needs a guard channel in frequency or
-    velocity grids, and whole-cube iteration refuses it; another size is chosen where one is allowed."""
+    """41 channels would be 8 × 5 + 1: the one-channel chunk needs a guard channel where output
+    channels are not one data channel each; another size is chosen where one is allowed."""
     assert choose_channels_per_task(41, 2, 1.5, 0.47) == 5
     c = choose_channels_per_task(41, 2, 1.5, 0.47, avoid_single_channel_chunks=True)
     assert c > 1 and 41 % c != 1 and -(-41 // c) >= 2 * MIN_TASKS_PER_WORKER

@@ -37,6 +37,7 @@ from hpc_imager.imaging.iteration import (
     weighting_refusal,
 )
 from hpc_imager.inputs.cube_spec import parse_cube_spec
+from hpc_imager.inputs.preflight import check_cube
 from hpc_imager.run.concat import CubeAssembly
 from hpc_imager.run.journal import Journal
 
@@ -89,8 +90,9 @@ def clean_in_chunks(directory: Path, ms: Path, channels_per_task: int, run_step=
     spec = parse_cube_spec({"tclean": dict(BASE_TCLEAN, vis=str(ms), imagename=imagename, **keywords),
                             "parallel": {"channels_per_task": channels_per_task}}, directory)
     params = spec.tclean.model_dump()
-    grid = resolve_grid(spec.tclean)
+    grid = check_cube(spec)  # as the driver: the data's channels decide which chunks need a guard
     chunks = grid.chunks(channels_per_task)
+    assert not any(c.guard for c in chunks), "whole-cube iteration cleans no guard channel"
     run_dir = directory / "run"
     journal = (Journal.resume if resume else Journal.create)(run_dir, {"fingerprint": spec.fingerprint()})
     # briggsbwtaper: the whole cube's weights, made as the driver makes them
@@ -161,6 +163,19 @@ def test_automask_over_many_cycles_equals_serial_tclean_and_resumes(tmp_path, ng
     assert_same_return(summary, returned)
     got, want = read_cube(f"{chunked}.mask")["pixels"], read_cube(f"{serial}.mask")["pixels"]
     assert want.sum() > 0 and (got != want).sum() == 0, f"{(got != want).sum()} mask pixels off"
+
+
+def test_one_channel_chunks_of_the_default_frequency_grid_equal_serial_tclean(tmp_path, ngc5921_ms, serial_tclean):
+    """All 63 channels (nchan=-1: a frequency grid on the data's channels), one chunk each, as the
+    seed's reference job images them: a one-channel cube there is the cube's channel, with no guard
+    channel (channel_grid), so every chunk is a plane of serial's cube under the cube's controller."""
+    keywords = {"imsize": [64, 64], "cell": ["30arcsec"], "nchan": -1, "niter": 300, "cycleniter": 20}
+    serial, returned = serial_tclean(**keywords)
+    chunked, summary = clean_in_chunks(tmp_path, ngc5921_ms, 1, **keywords)
+    assert returned["nmajordone"] >= 2 and returned["iterdone"] > 0, "the case must clean"
+    assert_same_cube(chunked, serial, PRODUCTS)
+    assert_same_return(summary, returned)
+    assert_close(summary["summaryminor"], returned["summaryminor"], PLANE_TOLERANCE, "summaryminor")
 
 
 def test_briggs_weights_are_computed_once_per_chunk_and_the_cube_equals_serial(tmp_path, ngc5921_ms,
@@ -248,17 +263,18 @@ def _data_channel_frequencies(ms: Path) -> tuple[float, ...]:
     return resolve_grid(spec.tclean).frequencies
 
 
-def test_default_chunks_of_a_frequency_grid_leave_no_one_channel_chunk(tmp_path, ngc5921_ms, serial_tclean):
-    """41 channels given by frequency (on the data's channels) at 64²: the fastest default size (5)
-    would leave a last chunk of one channel, which needs a guard channel and which whole-cube
-    iteration refuses; the default chooses a size that leaves none, and the cube is cleaned as one."""
+def test_a_frequency_grid_on_the_datas_channels_cleans_a_last_chunk_of_one_channel(tmp_path, ngc5921_ms,
+                                                                                   serial_tclean):
+    """41 channels given by frequency (on the data's channels) at 64², through the CLI with workers:
+    the fastest default size (5) leaves a last chunk of one channel, which needs no guard channel on
+    such a grid (channel_grid), and whole-cube iteration cleans it with the rest, equal to serial."""
     data = _data_channel_frequencies(ngc5921_ms)
     keywords = {"imsize": [64, 64], "start": f"{data[6]!r}Hz", "width": f"{data[1] - data[0]!r}Hz", "nchan": 41,
                 "niter": 40, "cycleniter": 10}
     cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2})
     run_cli("submit", "--site", "local", cube, cwd=tmp_path)
     report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
-    assert report["iteration"] == "cube" and report["channels_per_task"] == 3
+    assert report["iteration"] == "cube" and report["channels_per_task"] == 5 and report["chunks"] == 9
     serial, returned = serial_tclean(**keywords)
     assert_same_cube(str(tmp_path / "cube"), serial, ("psf", "image", "residual", "model"))
     assert_same_return(report["iteration_summary"], returned)
@@ -341,9 +357,9 @@ def test_exec_records_merge_with_cube_channel_numbers():
 
 # --- what cannot be made equal is refused before imaging ----------------------------------------
 
-def _chunks(*sizes: int, guard: int = 0) -> list[Chunk]:
+def _chunks(*sizes: int) -> list[Chunk]:
     firsts = [sum(sizes[:i]) for i in range(len(sizes))]
-    return [Chunk(i, first, n, first, 1, guard if n == 1 else 0) for i, (first, n) in enumerate(zip(firsts, sizes))]
+    return [Chunk(i, first, n, first, 1) for i, (first, n) in enumerate(zip(firsts, sizes))]
 
 
 def test_refusals_say_why_and_what_to_use_instead():
@@ -362,8 +378,7 @@ def test_refusals_say_why_and_what_to_use_instead():
     cube_iteration_refusal(dict(automask, imsize=[128, 128]), _chunks(4, 4, 4, 4))  # one block of 488 at 128²
     with pytest.raises(IterationRefused, match="minpercentchange >= 0.*per-chunk"):
         cube_iteration_refusal(dict(automask, minpercentchange=10.0), _chunks(5, 5))
-    with pytest.raises(IterationRefused, match="guard channel.*channels_per_task >= 2"):
-        cube_iteration_refusal(tclean, _chunks(4, 1, guard=1))
+    cube_iteration_refusal(tclean, _chunks(4, 1))  # a one-channel chunk (no guard: channel_grid)
     bwtaper = dict(tclean, weighting="briggsbwtaper")
     for iteration in ("none", "cube"):  # the whole cube's weights are handed to casatools' steps
         weighting_refusal(bwtaper, _chunks(4, 1), iteration)

@@ -12,10 +12,15 @@ chunk's channels are exactly the serial ones:
 * anything else (frequency strings, defaults): the resolved linear frequency axis, ``crval +
   first*cdelt`` in Hz.
 
-One exception, measured on NGC5921: tclean grids a cube of ``nchan=1`` given by frequency or velocity
-differently from the same channel inside a longer cube (10-18 % of the plane peak apart), while any
-chunk of two or more channels is identical. A one-channel chunk in those modes is therefore imaged
-with one guard channel after it, which the worker trims off.
+One exception, measured on NGC5921: where output channels are not one data channel each (a width of
+two data channels, or a start between two), tclean grids a cube of ``nchan=1`` given by frequency or
+velocity differently from the same channel inside a longer cube (10-18 % of the plane peak apart),
+while any chunk of two or more channels is identical. A one-channel chunk of such a grid is therefore
+imaged with one guard channel after it, which the worker trims off. Where every output channel is one
+data channel (``nchan=-1`` and the default start and width, or a start on a data channel with the
+data's width) a one-channel cube is the cube's channel (all 63 NGC5921 channels bit-identical at 64²,
+six of them at 256²), so no guard, and whole-cube iteration cleans one-channel chunks. Nor does a cube
+of one channel get one: it is serial's own one-channel cube (with a guard, 10 % apart from it).
 """
 
 from __future__ import annotations
@@ -92,8 +97,12 @@ class ChannelGrid:
 
     @property
     def guards_single_channels(self) -> bool:
-        """A one-channel chunk of this grid is imaged with a guard channel (see the module docstring)."""
-        return self.kind != "channel"
+        """A one-channel chunk of this grid is imaged with a guard channel (see the module docstring):
+        frequency or velocity channels not known to be one data channel each (preflight fills in the
+        data's channels; without them, a guard)."""
+        if self.kind == "channel":
+            return False
+        return len(self.data_frequencies) < 2 or bool(self.channels_between_data_channels())
 
     @property
     def linear(self) -> bool:
@@ -113,9 +122,10 @@ class ChannelGrid:
     def chunks(self, channels_per_task: int) -> list[Chunk]:
         """Split into chunks of ``channels_per_task`` (the last may be shorter)."""
         out = []
+        guarded = self.nchan > 1 and self.guards_single_channels  # a one-channel cube is serial's own
         for index, first in enumerate(range(0, self.nchan, channels_per_task)):
             nchan = min(channels_per_task, self.nchan - first)
-            guard = 1 if nchan == 1 and self.guards_single_channels else 0
+            guard = 1 if nchan == 1 and guarded else 0
             out.append(Chunk(index, first, nchan, self._start_of(first), self._width(), guard))
         return out
 

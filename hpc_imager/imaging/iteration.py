@@ -215,7 +215,9 @@ class IterationRefused(UserError):
 
 
 def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid | None = None) -> None:
-    """Refuse, before imaging, what whole-cube iteration cannot make equal to serial tclean."""
+    """Refuse, before imaging, what whole-cube iteration cannot make equal to serial tclean. A chunk
+    with a guard channel (whose cleaning would join the cube's control) is made only on grids whose
+    channels are not one data channel each (channel_grid), refused here first."""
     between = grid.channels_between_data_channels() if grid is not None and len(chunks) > 1 else []
     if between:
         step = abs(grid.data_frequencies[1] - grid.data_frequencies[0])
@@ -234,11 +236,6 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             " more for it (A-projection's convolution-function cache, a mosaic's separate PSF phase centre)"
             " than the steps whole-cube iteration runs; use [parallel] iteration = 'per-chunk' (each chunk"
             " its own tclean, not equal to serial) or channels_per_task >= nchan")
-    if any(c.guard for c in chunks):
-        raise IterationRefused(
-            "a one-channel chunk in frequency or velocity mode is imaged with a guard channel, whose"
-            " cleaning would join the cube's iteration control; choose a channels_per_task >= 2 that"
-            " leaves no chunk of one channel")
 
 
 def automask_refusal(tclean: dict, chunks: list[Chunk]) -> None:

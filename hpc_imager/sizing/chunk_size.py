@@ -11,9 +11,9 @@ failed task is imaged again whole, and progress and ETA need tasks to count. So 
 at least ``MIN_TASKS_PER_WORKER`` tasks (a judgement, not a measurement: a retry then costs at most
 a quarter of a worker's share), each task fits a worker's memory, and among the sizes left we take
 the smallest whose estimated run is within ``SLACK`` of the fastest. Where a one-channel chunk
-needs a guard channel (frequency or velocity grids), sizes that leave one are avoided when another
-is allowed: the guard is a second channel's work for one, and whole-cube iteration (the default
-at niter > 0) refuses such chunks.
+needs a guard channel (frequency or velocity channels that are not one data channel each: see
+channel_grid), sizes that leave one are avoided when another is allowed: the guard is a second
+channel's work for one.
 """
 
 from __future__ import annotations
