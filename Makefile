@@ -1,10 +1,11 @@
 # make demo: set up and image the NGC5921 demo cube on --site local
 # make test: set up, start Slurm/SGE on localhost (as root), run the whole test suite (what CI runs)
+# make test-casa-other: the CASA-touching tests on the other tested CASA releases (docs/batch-systems.md)
 # make bench: serial tclean, pclean 0.2.3 and hpc_imager in one run (docs/benchmarks.md); long: an hour or more
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup schedulers demo test bench
+.PHONY: setup schedulers demo test test-casa-other bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +23,29 @@ schedulers:
 
 test: setup schedulers
 	$(PY) -m pytest -ra
+	$(MAKE) test-casa-other
+
+# The other tested CASA releases (pyproject.toml's range), each in its venv with CASA installed first,
+# as a site has it: installing hpc_imager must keep that CASA (checked), and the tests must pass on it.
+CASA_OTHER := .venv-casa665 .venv-casa675
+.venv-casa665/.installed: PYTHON_OTHER := python3.11
+.venv-casa665/.installed: CASA_RELEASE := 6.6.5.31
+.venv-casa675/.installed: PYTHON_OTHER := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+.venv-casa675/.installed: CASA_RELEASE := 6.7.5.18
+CASA_OTHER_TESTS := tests/test_cube_spec.py tests/test_preflight.py tests/test_channel_grid.py \
+	tests/test_local_engine.py tests/test_assembly.py tests/test_iteration.py
+
+.venv-casa%/.installed: pyproject.toml
+	$(PYTHON_OTHER) -m venv $(@D)
+	$(@D)/bin/pip install -q --upgrade pip
+	$(@D)/bin/pip install -q casatools==$(CASA_RELEASE) casatasks==$(CASA_RELEASE)
+	$(@D)/bin/pip install -q -e '.[test]'
+	$(@D)/bin/python -c 'import importlib.metadata as m, sys; v = [m.version(p) for p in ("casatools", "casatasks")]; \
+		sys.exit(None if v == ["$(CASA_RELEASE)"] * 2 else f"installing hpc_imager replaced CASA $(CASA_RELEASE): now {v}")'
+	touch $@
+
+test-casa-other: $(CASA_OTHER:%=%/.installed)
+	for venv in $(CASA_OTHER); do $$venv/bin/python -m pytest -ra $(CASA_OTHER_TESTS) || exit 1; done
 
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
