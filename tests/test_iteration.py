@@ -339,6 +339,8 @@ def test_init_records_merge_as_the_whole_cubes():
     # one chunk's mask changed to empty, another's is unchanged and not empty: the cube's is not empty
     assert merge_init([_init(1.0, masksum=0.0), _init(1.0, masksum=-1.0, mask_total=50.0)])["masksum"] == 50.0
     assert merge_init([_init(1.0, masksum=0.0), _init(1.0, masksum=0.0)])["masksum"] == 0.0
+    without = {k: v for k, v in _init(1.0).items() if k != "summaryminor"}  # CASA 6.6.5's initminorcycle
+    assert "summaryminor" not in merge_init([without, without])
 
 
 def test_exec_records_merge_with_cube_channel_numbers():

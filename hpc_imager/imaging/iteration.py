@@ -70,7 +70,8 @@ def merge_init(records: list[dict]) -> dict:
     else:
         merged["masksum"] = float(sum(r["mask_total"] for r in records))
     merged.pop("mask_total", None)
-    merged["summaryminor"] = np.zeros((len(records[0]["summaryminor"]), 0))  # empty before a minor cycle
+    if "summaryminor" in records[0]:  # CASA 6.7's records carry it (empty before a minor cycle); 6.6.5's do not
+        merged["summaryminor"] = np.zeros((len(records[0]["summaryminor"]), 0))
     return merged
 
 
