@@ -78,6 +78,8 @@ def test_driver_killed_with_sigkill_is_resumed_without_redoing_finished_chunks(t
     assert done_before_kill and len(done_before_kill) < 32
     assert not list(tmp_path.glob("cube.image*"))
     before = len(journal_events(run_dir))
+    stopped = json.loads(run_cli("status", run_dir, "--json").stdout)  # the driver is gone: not "running"
+    assert (stopped["mode"], stopped["status"], stopped["done"]) == ("none", "stopped", len(done_before_kill))
 
     run_cli("submit", cube, "--resume")
 
@@ -85,6 +87,8 @@ def test_driver_killed_with_sigkill_is_resumed_without_redoing_finished_chunks(t
     assert resubmitted and not resubmitted & done_before_kill
     assert resubmitted | done_before_kill == set(range(32))
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
+    finished = json.loads(run_cli("status", run_dir, "--json").stdout)
+    assert (finished["status"], finished["done"], finished["placed"]) == ("complete", 32, 32)
     _kill_session_leftovers(driver.pid)
 
 

@@ -132,6 +132,18 @@ def test_per_chunk_iteration_each_chunk_equals_serial_on_its_channels(tmp_path, 
     assert set(comparison) >= {"image", "residual", "model", "psf", "pb"}
     assert len(comparison["image"]["per_plane"]) == 16
     assert comparison["psf"]["max"] <= 1e-5, "the PSF does not depend on cleaning"
+    # status, report.json and report.png of a per-chunk run: each chunk one task, its own tclean's iterations
+    status = json.loads(run_cli("status", tmp_path / "cube.hpcrun", "--json").stdout)
+    assert (status["mode"], status["status"], status["done"], status["chunks"], status["retried_chunks"]) == (
+        "per-chunk", "complete", 2, 2, [])
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    channels = report["channels"]
+    assert [c["chunk"] for c in channels] == [0] * 8 + [1] * 8
+    assert sum(c["iterations"] for c in channels) == report["tclean_return"]["iterdone"] > 0
+    assert len(report["tclean_return"]["stopcodes"]) == 2
+    from hpc_imager.run.report_plot import timeline
+
+    assert sorted(b.chunk for b in timeline(tmp_path / "cube.hpcrun") if b.kind == "done") == [0, 1]
 
 
 def test_mosaic_in_chunks_of_three_equals_serial_and_the_caveat_is_said(tmp_path):

@@ -2,23 +2,21 @@
 
 task_tclean (with imager_base.PySynthesisImager) sets the tools up from its records and calls them in
 a fixed order; :class:`ImagerTools` does the same from the :class:`ImagerRecords` the driver made, so
-a worker needs casatools alone. :func:`make_chunk_images` is tclean's own sequence for a cube with
-``niter=0`` (PSF, PB, residual, restore, pbcor); whole-cube iteration's steps (cycle_tasks) use the
-same tools. Measured on NGC5921 (8 channels at 1024², Briggs): the products are bit-identical to
+a worker needs casatools alone. :func:`imaging_task.make_chunk_images` is tclean's own sequence for a cube
+with ``niter=0`` (PSF, PB, residual, restore, pbcor); whole-cube iteration's steps (cycle_tasks) use
+the same tools. Measured on NGC5921 (8 channels at 1024², Briggs): the products are bit-identical to
 tclean's, and the same CPU time (5.4-5.7 s against 5.1-5.6 s, three runs each in one process).
 """
 
 from __future__ import annotations
 
 import ctypes
-import time
-from pathlib import Path
 
 from .imager_records import ImagerRecords
 
 
 def tools_reproduce_tclean(tclean_params: dict) -> bool:
-    """Whether :func:`make_chunk_images` is tclean's own sequence for these keywords: tclean does
+    """Whether :func:`imaging_task.make_chunk_images` is tclean's own sequence for these keywords: tclean does
     more for A-projection's convolution-function cache and for a mosaic's separate PSF phase centre."""
     gridder = tclean_params["gridder"]
     return not gridder.startswith("awp") and not (tclean_params["psfphasecenter"] and "mosaic" in gridder)
@@ -66,7 +64,6 @@ class ImagerTools:
         self.imager = None
         self.normalizer = None
         self.deconvolver = None
-        self.handed = None  # the cube's imaging weights handed to this chunk, and their sum
 
     def open_imager(self):
         """initializeImagers, initializeNormalizers, setWeighting."""
@@ -92,22 +89,10 @@ class ImagerTools:
         self.deconvolver.setupdeconvolution(decpars=self.records.deconvolution)
         return self.deconvolver
 
-    def take_cube_weights(self) -> None:
-        """With ``cube_weights`` (briggsbwtaper over chunks) the whole cube's imaging weights, put in the
-        working directory for the imager to read (cube_weights.py); before the PSF."""
-        if self.records.cube_weights:
-            from .cube_weights import hand_to_chunk
-
-            self.handed = hand_to_chunk(self.records, Path.cwd())
-
     def make_psf_and_pb(self) -> None:
         """makePSF (a cube's PSF is normalised in C++) and its beam check, then makePB: the standard
         gridder makes a cube's PB with its PSF, the others make it now."""
         self.imager.makepsf()
-        if self.handed:
-            from .cube_weights import check_reused
-
-            check_reused(*self.handed)
         if self.deconvolver is not None:
             self.deconvolver.checkrestoringbeam()
         if not ("stand" in self.records.grid["gridder"] and "cube" in self.records.image["specmode"]):
@@ -124,39 +109,3 @@ class ImagerTools:
         for tool in (self.deconvolver, self.normalizer, self.imager):
             if tool is not None:
                 tool.done()
-
-
-def make_chunk_images(records: ImagerRecords) -> dict[str, float]:
-    """tclean's sequence for ``niter=0`` on the chunk ``records`` name; its steps' seconds, named as
-    :mod:`task_timings` names tclean's own."""
-    steps: dict[str, float] = {}
-    clock = time.time()
-
-    def timed(step: str) -> None:
-        nonlocal clock
-        now = time.time()
-        steps[step] = round(now - clock, 3)
-        clock = now
-
-    tools = ImagerTools(records)
-    try:
-        tools.open_imager()
-        timed("init_imager_and_weighting")
-        if records.restoration:
-            tools.open_deconvolver()
-        if records.cube_weights:
-            tools.take_cube_weights()
-            timed("cube_weights")
-        tools.make_psf_and_pb()
-        timed("psf_and_pb")
-        tools.major_cycle(lastcycle=True)  # no iteration controller at niter 0: the first cycle is the last
-        timed("dirty_major_cycle")
-        if records.restoration:
-            tools.deconvolver.restore()
-            timed("restore")
-            if records.pbcor:
-                tools.deconvolver.pbcor()
-                timed("pbcor")
-    finally:
-        tools.close()
-    return steps

@@ -195,3 +195,13 @@ def check_reused(planted: Path, checksum: float) -> None:
     (weights,) = _read_table(planted, "IMAGING_WEIGHT")
     if float(weights.sum(dtype=np.float64)) != checksum:
         raise RuntimeError("the chunk's imager rewrote the cube's imaging weights")
+
+
+@contextlib.contextmanager
+def handed_weights(records, workdir: Path):
+    """Around the chunk's PSF: the cube's weights handed to it before (``records.cube_weights``, else
+    nothing), and after, the check that CASA used them as they are."""
+    handed = hand_to_chunk(records, workdir) if records.cube_weights else None
+    yield
+    if handed:
+        check_reused(*handed)

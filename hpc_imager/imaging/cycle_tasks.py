@@ -47,7 +47,7 @@ from pathlib import Path
 from . import casa_setup
 from .casa_imager import ImagerTools
 from .channel_grid import Chunk
-from .cube_weights import WEIGHT_TABLES
+from .cube_weights import WEIGHT_TABLES, handed_weights
 from .imager_records import ImagerRecords
 from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss, where_it_ran
 
@@ -207,8 +207,8 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         try:
             tools.open_imager()
             deconvolver = tools.open_deconvolver()
-            tools.take_cube_weights()
-            tools.make_psf_and_pb()
+            with handed_weights(tools.records, Path.cwd()):  # briggsbwtaper over chunks: the cube's weights
+                tools.make_psf_and_pb()
             tools.major_cycle(lastcycle)
             _keep_imaging_weights(scratch)
             init = [_with_mask_total(deconvolver.initminorcycle(), scratch)]

@@ -21,7 +21,8 @@ import psutil
 
 from ..inputs.preflight import casa_message
 from . import casa_setup
-from .casa_imager import make_chunk_images, return_freed_heap, tools_reproduce_tclean
+from .casa_imager import ImagerTools, return_freed_heap, tools_reproduce_tclean
+from .cube_weights import handed_weights
 from .channel_grid import Chunk
 from .imager_records import ImagerRecords, imager_records
 from .task_timings import tclean_step_seconds, with_other
@@ -201,6 +202,42 @@ def image_chunk(tclean_params: dict, chunk: Chunk, run_dir: str, attempt: int) -
         log = Path(casa_setup.casa_log().logfile()).read_text(errors="replace")
         metrics["tclean_steps"] = tclean_step_seconds(log)
     return metrics
+
+
+def make_chunk_images(records: ImagerRecords) -> dict[str, float]:
+    """tclean's sequence for ``niter=0`` on the chunk ``records`` name; its steps' seconds, named as
+    :mod:`task_timings` names tclean's own."""
+    steps: dict[str, float] = {}
+    clock = time.time()
+
+    def timed(step: str) -> None:
+        nonlocal clock
+        now = time.time()
+        steps[step] = round(now - clock, 3)
+        clock = now
+
+    tools = ImagerTools(records)
+    try:
+        tools.open_imager()
+        timed("init_imager_and_weighting")
+        if records.restoration:
+            tools.open_deconvolver()
+        with handed_weights(records, Path.cwd()):  # briggsbwtaper over chunks: the cube's weights
+            if records.cube_weights:
+                timed("cube_weights")
+            tools.make_psf_and_pb()
+        timed("psf_and_pb")
+        tools.major_cycle(lastcycle=True)  # no iteration controller at niter 0: the first cycle is the last
+        timed("dirty_major_cycle")
+        if records.restoration:
+            tools.deconvolver.restore()
+            timed("restore")
+            if records.pbcor:
+                tools.deconvolver.pbcor()
+                timed("pbcor")
+    finally:
+        tools.close()
+    return steps
 
 
 def image_chunk_with_tools(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int) -> dict:
