@@ -145,14 +145,18 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     """Show how the cube would run on a site: memory limits, jobs, walltime and the job script."""
     from .backends import backend_for
     from .sizing.cube_sizing import size_cube
+    from .sizing.disk import check_disk
 
     sized = size_cube(spec, profile)
     the_plan = sized.plan
+    disk = sized.disk
+    check_disk(disk, sized.spec, profile)
     script = backend_for(profile).job_script(the_plan, profile, sized.spec.run_directory)
     if as_json:
-        click.echo(json.dumps(the_plan.as_dict() | {"job_script": script}, indent=2))
+        click.echo(json.dumps(the_plan.as_dict() | {"disk": disk.as_dict(), "job_script": script}, indent=2))
     else:
         click.echo(the_plan.summary())
+        click.echo(disk.summary())
         if script:
             click.echo(script)
 

@@ -49,7 +49,8 @@ from .casa_imager import ImagerTools
 from .channel_grid import Chunk
 from .cube_weights import WEIGHT_TABLES, handed_weights
 from .imager_records import ImagerRecords
-from .imaging_task import _peak_rss_bytes, _release_casa, _reset_peak_rss, where_it_ran
+from .imaging_task import (_peak_rss_bytes, _release_casa, _reset_peak_rss, io_since, product_bytes, thread_io_chars,
+                           where_it_ran)
 
 
 def chunk_dir(run_dir: Path, chunk: Chunk) -> Path:
@@ -63,7 +64,8 @@ def cycle_dir(run_dir: Path, chunk: Chunk, cycle: int) -> Path:
 @contextlib.contextmanager
 def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int | None):
     """A scratch copy of the chunk's images of cycle ``previous`` (or nothing), renamed to cycle
-    ``cycle`` when the step succeeds; the step's CASA log goes to the run's logs."""
+    ``cycle`` when the step succeeds; the step's CASA log goes to the run's logs. Yields the scratch
+    folder and a dict that holds the step's reads and writes (``read_chars``, ``write_chars``) after it."""
     casa_setup.configure_offline()
     casalog = casa_setup.casa_log()
     target = cycle_dir(run_dir, chunk, cycle)
@@ -78,11 +80,14 @@ def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int |
     casalog.setlogfile(str(logs / f"{chunk.name}.cycle-{cycle}.attempt-{attempt}.casa.log"))
     casalog.showconsole(False)
     _reset_peak_rss()  # each step's peak, measured as image_chunk measures a whole chunk's
+    io: dict[str, int] = {}
+    io_before = thread_io_chars()
     try:
         with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
-            yield scratch
+            yield scratch, io
     finally:
         _release_casa()  # as after a whole-chunk tclean: the worker runs many steps
+    io.update(io_since(io_before))
     if target.exists():  # an earlier attempt finished but the driver never heard of it
         shutil.rmtree(target)
     os.rename(scratch, target)
@@ -202,7 +207,7 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
     only, and the chunk's PSF beams; :func:`mask_chunk` does the rest."""
     started = time.time()
     automask = "auto" in records.usemask
-    with _step(Path(run_dir), chunk, 0, attempt, None) as scratch:
+    with _step(Path(run_dir), chunk, 0, attempt, None) as (scratch, io):
         tools = ImagerTools(_named(records, scratch, first_step=True))
         try:
             tools.open_imager()
@@ -218,7 +223,8 @@ def start_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         finally:
             tools.close()
         beams = _psf_beams(scratch) if automask else None
-    return {"init": init, "psf_beams": beams, "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}
+    return {"init": init, "psf_beams": beams, "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(),
+            **where_it_ran(), **io}
 
 
 def mask_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
@@ -227,7 +233,7 @@ def mask_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int,
     is 0: the step works on the start's images in place)."""
     started = time.time()
     share = automask[chunk.name]
-    with _step(Path(run_dir), chunk, cycle, attempt, cycle) as scratch:
+    with _step(Path(run_dir), chunk, cycle, attempt, cycle) as (scratch, io):
         tools = ImagerTools(_shared(_named(records, scratch), share))
         try:
             deconvolver = tools.open_deconvolver()
@@ -236,7 +242,8 @@ def mask_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int,
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"init": init, "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}
+    return {"init": init, "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran(),
+            **io}
 
 
 def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
@@ -245,7 +252,7 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
     changed), setupmask (with the cube's share of an automask) and the next initminorcycle."""
     started = time.time()
     share = automask[chunk.name] if automask else None
-    with _step(Path(run_dir), chunk, cycle, attempt, cycle - 1) as scratch:
+    with _step(Path(run_dir), chunk, cycle, attempt, cycle - 1) as (scratch, io):
         tools = ImagerTools(_shared(_named(records, scratch), share))
         try:
             deconvolver = tools.open_deconvolver()
@@ -270,7 +277,7 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
         finally:
             tools.close()
     return {"exec": _plain(executed), "init": init, "seconds": time.time() - started,
-            "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}
+            "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran(), **io}
 
 
 def _count_iterations(deconvolver, scratch: Path, controls: dict) -> None:
@@ -308,7 +315,7 @@ def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: i
     stopped on a criterion, where serial's hasConverged puts back the automask the last minor cycle
     used (``.prev.mask``) in place of the one made after it."""
     started = time.time()
-    with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as scratch:
+    with _step(Path(run_dir), chunk, cycle + 1, attempt, cycle) as (scratch, io):
         for table in [*scratch.glob(_KEPT_WEIGHTS), *scratch.glob(WEIGHT_TABLES)]:  # a part holds images only
             shutil.rmtree(table)
         if revert_mask and (scratch / "part.prev.mask").is_dir():
@@ -327,4 +334,5 @@ def restore_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: i
     part.parent.mkdir(exist_ok=True)
     shutil.rmtree(part, ignore_errors=True)  # an earlier attempt's, or a resumed run's: the same restore
     os.rename(cycle_dir(Path(run_dir), chunk, cycle + 1), part)
-    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran()}
+    return {"folder": str(part), "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(),
+            **where_it_ran(), **io, "part_bytes": product_bytes(part)}

@@ -77,6 +77,25 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def thread_io_chars() -> dict[str, int]:
+    """What this thread has handed to read() and write() so far (Linux's per-thread I/O accounting,
+    ``rchar`` and ``wchar``): CASA reads the MS and writes the images in the task's own thread, where
+    the process's counters also take in the worker's network traffic and its reaped children's I/O."""
+    with open("/proc/thread-self/io") as io:
+        fields = dict(line.split(":") for line in io)
+    return {"read_chars": int(fields["rchar"]), "write_chars": int(fields["wchar"])}
+
+
+def io_since(before: dict[str, int]) -> dict[str, int]:
+    return {name: count - before[name] for name, count in thread_io_chars().items()}
+
+
+def product_bytes(folder: Path) -> dict[str, int]:
+    """Each product's bytes on disk in a part or cycle folder (``part.image`` → ``image``)."""
+    return {image.name.removeprefix("part."): sum(f.stat().st_size for f in image.rglob("*") if f.is_file())
+            for image in sorted(Path(folder).glob("part.*"))}
+
+
 def where_it_ran() -> dict:
     """The dask worker (and its host) running this task, for the journal, status and report.png."""
     try:
@@ -135,7 +154,7 @@ def _attempt(chunk: Chunk, run_dir: Path, attempt: int, what: str) -> Iterator[t
     metrics: dict = {"tclean_steps": {}}
 
     _reset_peak_rss()
-    started = time.time()
+    started, io_before = time.time(), thread_io_chars()
     try:
         with contextlib.chdir(scratch):  # CASA drops temporary tables in the working directory
             if _injected_fault(chunk, attempt):
@@ -148,7 +167,7 @@ def _attempt(chunk: Chunk, run_dir: Path, attempt: int, what: str) -> Iterator[t
                 raise ChunkFailed(f"{what} failed: {casa_message(error)}") from None
     finally:
         _release_casa()
-    wall = time.time() - started
+    wall, io = time.time() - started, io_since(io_before)
     peak = _peak_rss_bytes()
     metrics["tclean_steps"] = with_other(metrics["tclean_steps"], wall)
 
@@ -176,6 +195,8 @@ def _attempt(chunk: Chunk, run_dir: Path, attempt: int, what: str) -> Iterator[t
         "wall_seconds": wall,
         "finish_seconds": time.time() - finishing,  # trimming guard channels, moving the part into place
         "peak_rss_bytes": peak,
+        **io,  # the MS read (see sizing/disk.py read_amplification) and the part's images written
+        "part_bytes": product_bytes(target),
         "rss_after_bytes": psutil.Process().memory_info().rss,
         "worker_environ": {name: os.environ.get(name) for name in SPEED_ENVIRON},
         "casatasks_loaded": "casatasks" in sys.modules,

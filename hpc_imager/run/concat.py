@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import RunFailed
 from ..imaging.channel_grid import Chunk
-from ..imaging.imaging_task import part_path
+from ..imaging.imaging_task import io_since, part_path, thread_io_chars
 
 # Everything tclean may make for a cube, in the order it is assembled.
 PRODUCTS = ("psf", "pb", "sumwt", "weight", "residual", "model", "mask", "image", "image.pbcor")
@@ -33,12 +33,6 @@ PRODUCTS = ("psf", "pb", "sumwt", "weight", "residual", "model", "mask", "image"
 
 class ConcatError(RunFailed):
     """The parts cannot be assembled; the message names what is missing."""
-
-
-def _thread_write_chars() -> int:
-    """What this thread has handed to write() so far (Linux's per-thread I/O accounting)."""
-    with open("/proc/thread-self/io") as io:
-        return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))
 
 
 def _dir_bytes(path: Path) -> int:
@@ -277,12 +271,12 @@ class CubeAssembly:
             try:
                 if self._error is None and not self._closing:
                     started, cpu_before = time.time(), time.thread_time()
-                    io_before = _thread_write_chars()
+                    io_before = thread_io_chars()
                     self._place(self.chunks[index], create=(index == 0))
                     _fsync_tree(self.staging)  # the journal will say "placed": the pixels must be on disk first
                     self.seconds += time.time() - started
                     self.cpu_seconds += time.thread_time() - cpu_before
-                    self.bytes_written += _thread_write_chars() - io_before
+                    self.bytes_written += io_since(io_before)["write_chars"]
                     self._done.put(index)
             except Exception as error:
                 self._error = ConcatError(f"cannot place {self.chunks[index].name} into {self.staging}:"

@@ -25,6 +25,7 @@ from ..imaging.iteration import weighting_refusal
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import SiteProfile
 from ..sizing.cube_sizing import SizedCube, size_cube
+from ..sizing.disk import check_disk, read_amplification, read_warning
 from ..sizing.estimate import GIB, TaskEstimate, memory_surprise
 from .channel_records import channel_records
 from .concat import CubeAssembly, export_fits, final_products
@@ -62,6 +63,7 @@ def image_cube(
 
     sized = size_cube(spec, site, _started_with(run_dir, resume))
     spec, grid, chunks, plan = sized.spec, sized.grid, sized.chunks, sized.plan
+    check_disk(sized.disk, spec, site)  # before anything is written
     mode = mode_for(spec.iteration)()
     weighting_refusal(spec.tclean.model_dump(), chunks, spec.iteration)
     mode.refuse(spec.tclean.model_dump(), chunks, grid)
@@ -109,12 +111,13 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             log.warning(caveat)
         console.print(
             f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
-            f" ({len(chunks) - len(todo)} already done; {mode.title}); run directory {run_dir}"
+            f" ({len(chunks) - len(todo)} already done; {mode.title}); run directory {run_dir}; {sized.disk.summary()}"
         )
         started = time.time()
         result = mode.image(run, plan, sized.estimate, todo)
         passes = result.passes
         lost = sorted(passes.lost, key=lambda chunk: chunk.index)  # tasks finish in any order; say them in order
+        reads = read_amplification(result.chunk_metrics, spec.tclean.vis, grid.nchan)
         surprises = _memory_surprises(result.chunk_metrics)
         if surprises:
             console.print(f"hpc_imager: warning: {len(surprises)} chunk(s) far from their memory estimate; "
@@ -138,6 +141,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             "imaging_seconds": time.time() - started,
             "chunk_metrics": result.chunk_metrics,
             "memory_warnings": surprises,
+            "reads": reads,
             "failures": passes.failures,
             "iteration": spec.iteration,
             "cube_weights_seconds": cube_weights_seconds,
@@ -173,6 +177,8 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             shutil.rmtree(run_dir / "parts")
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
         shutil.rmtree(run_dir / CUBE_WEIGHTS, ignore_errors=True)
+        if read_warning(reads):
+            console.print(f"hpc_imager: {read_warning(reads)}")
         console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}"
                       + "".join(f", {fits}" for fits in report.get("fits", [])))
         log.info("complete: %s", report["concat"]["products"])

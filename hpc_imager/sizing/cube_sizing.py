@@ -10,6 +10,7 @@ from ..inputs.cube_spec import CubeSpec
 from ..inputs.preflight import check_cube
 from ..inputs.site_profile import SiteProfile
 from .chunk_size import with_channels_per_task
+from .disk import DiskNeed, disk_need
 from .estimate import TaskEstimate, cube_facts, estimate_task
 from .plan import Plan, make_plan
 
@@ -28,6 +29,11 @@ class SizedCube:
     def plan(self) -> Plan:
         """Made when asked: ``estimate`` shows one task's need even where the site cannot hold it."""
         return make_plan(self.spec, self.site, self.estimate, len(self.chunks))
+
+    @cached_property
+    def disk(self) -> DiskNeed:
+        """What the run will write, where (``disk.check_disk`` refuses what a file system cannot hold)."""
+        return disk_need(self.spec, self.chunks)
 
 
 def size_cube(spec: CubeSpec, site: SiteProfile, previous_channels_per_task: int | None = None) -> SizedCube:

@@ -65,8 +65,10 @@ class CubeIteration(ImagingMode):
                     total = chunk_metrics.setdefault(chunk.index, {
                         "chunk": chunk.index, "channels": chunk.nchan, "attempt": attempt, "wall_seconds": 0.0,
                         "peak_rss_bytes": 0, "estimated_peak_bytes": session.plan.basis.task_peak_bytes,
-                        "hosts": []})
+                        "hosts": [], "read_chars": 0, "write_chars": 0})
                     total["wall_seconds"] += metrics["seconds"]
+                    total.update({k: total[k] + metrics[k] for k in ("read_chars", "write_chars")},
+                                 **{k: v for k, v in metrics.items() if k == "part_bytes"})
                     total["peak_rss_bytes"] = max(total["peak_rss_bytes"], metrics["peak_rss_bytes"])
                     # its steps run wherever a worker is free: every host that imaged a step of it
                     total["hosts"] = sorted(set(total["hosts"]) | {metrics["host"]})
@@ -128,5 +130,6 @@ class CubeIteration(ImagingMode):
 
 
 def _step_metrics(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("seconds", "peak_rss_bytes", "worker", "host") if k in metrics}
+    return {k: metrics[k] for k in ("seconds", "peak_rss_bytes", "worker", "host", "read_chars", "write_chars")
+            if k in metrics}
 
