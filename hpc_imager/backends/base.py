@@ -79,7 +79,7 @@ class Backend(ABC):
 
     def certificates(self, site: "SiteProfile", run_dir: Path) -> ContextManager[tuple["Security | None", Path | None]]:
         """The run's TLS credentials and the owner-only directory the workers read them from, removed
-        when the context ends; ``(None, None)`` where the site talks plain TCP (see run/security.py)."""
+        when the context ends; ``(None, None)`` where the site talks plain TCP (see backends/security.py)."""
         return contextlib.nullcontext((None, None))
 
     @abstractmethod

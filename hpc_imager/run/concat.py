@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import RunFailed
 from ..imaging.channel_grid import Chunk
 from ..imaging.imaging_task import io_since, part_path, thread_io_chars
+from ..sizing.disk import FITS_PRODUCTS
 
 # Everything tclean may make for a cube, in the order it is assembled.
 PRODUCTS = ("psf", "pb", "sumwt", "weight", "residual", "model", "mask", "image", "image.pbcor")
@@ -97,8 +98,6 @@ def _put_image_info(path, info: dict) -> None:
         tb.done()
 
 
-# The products [run] fits = true also writes as FITS (exportfits), beside the CASA images.
-FITS_PRODUCTS = ("image", "image.pbcor")
 
 
 def final_products(imagename: str) -> list[Path]:

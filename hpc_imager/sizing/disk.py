@@ -29,19 +29,22 @@ from ..errors import UserError
 from ..imaging.channel_grid import Chunk
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import SiteProfile
-from ..run.concat import FITS_PRODUCTS
 from .estimate import image_pixels, stokes_planes
 
 PIXEL_BYTES = 4  # float32
 MASKED = ("image", "residual", "pb", "image.pbcor")  # products with a pixel mask (one bit per pixel)
 BEAMS = ("image", "psf")  # products whose table keeps a beam per plane
 # An image's table, log table and keywords, as ``du -sb`` counts them: measured 116.7-117.5 KB for a
-# final product and a 1-channel part; 51 KB for an 8-channel part (its log table is smaller), which
-# this over-counts by 4 %. A pixel mask's table adds 5.5 KB.
+# final product and for a part trimmed of its guard channel (a copy, with a longer log table); 51 KB
+# for a part as its chunk made it (NGC5921 in 1-channel chunks without guards: parts 105.1 MB by du,
+# 129.5 MB counted at 117 KB an image). A pixel mask's table adds 5.5 KB.
 IMAGE_OVERHEAD = 117_000
+PART_OVERHEAD = 51_000
 MASK_OVERHEAD = 5_500
 BEAM_BYTES = 560  # a plane's beam in the table's keywords (measured 557 B)
 FITS_BLOCK = 2880
+# The products [run] fits = true also writes as FITS (run/concat.py's exportfits), beside the CASA images.
+FITS_PRODUCTS = ("image", "image.pbcor")
 MOSAIC_GRIDDERS = ("mosaic", "mosaicft", "awproject", "awp2", "awphpg")
 
 
@@ -62,13 +65,13 @@ def products(spec: CubeSpec) -> list[str]:
     return made
 
 
-def image_bytes(spec: CubeSpec, product: str, nchan: int) -> int:
+def image_bytes(spec: CubeSpec, product: str, nchan: int, overhead: int = IMAGE_OVERHEAD) -> int:
     """One product of ``nchan`` channels on disk."""
     planes = stokes_planes(spec.tclean.stokes) * nchan
     pixels = planes if product == "sumwt" else image_pixels(spec.tclean.imsize) * planes  # sumwt: one per plane
     mask = -(-pixels // 8) + MASK_OVERHEAD if product in MASKED else 0
     beams = BEAM_BYTES * planes if product in BEAMS else 0
-    return PIXEL_BYTES * pixels + mask + beams + IMAGE_OVERHEAD
+    return PIXEL_BYTES * pixels + mask + beams + overhead
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def disk_need(spec: CubeSpec, chunks: list[Chunk]) -> DiskNeed:
     if spec.run.fits:  # the same float32 pixels again, and a header of FITS's 2880-byte blocks
         pixels = image_pixels(spec.tclean.imsize) * stokes_planes(spec.tclean.stokes) * nchan
         final += sum(PIXEL_BYTES * pixels + 2 * FITS_BLOCK for p in made if p in FITS_PRODUCTS)
-    parts = sum(image_bytes(spec, p, c.nchan) for c in chunks for p in made)
+    parts = sum(image_bytes(spec, p, c.nchan, IMAGE_OVERHEAD if c.guard else PART_OVERHEAD)
+                for c in chunks for p in made)
     # cycle images: every product but the restored ones, as a part of its chunk holds them
     cycling = [p for p in made if not p.startswith("image")]
     iteration = (sum(image_bytes(spec, p, c.nchan + c.guard) for c in chunks for p in cycling)
