@@ -95,8 +95,9 @@ class ClusterSession:
                                            f" more: {refusal}")
                 break
             self.passes.plans.append(plan)
-            self.run.console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: imaging them again with"
-                                   " twice the memory per worker")
+            again = "imaging them again" if tasks.step is None else "going on"  # a step's killed tasks: the step
+            self.run.console.print(f"hpc_imager: {len(todo)} chunk(s) ran out of memory: {again} with twice the"
+                                   " memory per worker")
             self._clusters.close()
             self._client = None
         self.passes.lost += lost
