@@ -352,8 +352,9 @@ def test_slurm_gives_up_waiting_for_a_queue_that_never_starts_the_jobs(slurm, tm
 
 
 WALLTIME_CUBES = {
-    # each chunk imaged whole, one channel a task
-    "per-chunk": ({"nchan": -1, "imsize": [512, 512]}, 1),
+    # each chunk imaged whole, one channel a task (768²: at 512² one-channel chunks without a guard
+    # channel finished the cube before any worker retired, in a fresh-clone CI run)
+    "per-chunk": ({"nchan": -1, "imsize": [768, 768]}, 1),
     # niter > 0: the cycles' steps go on over the retirements (about 35 cycles of 20 iterations a channel)
     "whole-cube iteration": ({"nchan": 8, "imsize": [256, 256], "niter": 5600, "cycleniter": 20}, 2),
 }

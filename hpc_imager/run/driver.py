@@ -116,6 +116,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
         started = time.time()
         result = mode.image(run, plan, sized.estimate, todo)
         passes = result.passes
+        plan = passes.plans[0]  # what the workers were made from (after a probe, sized by it)
         lost = sorted(passes.lost, key=lambda chunk: chunk.index)  # tasks finish in any order; say them in order
         reads = read_amplification(result.chunk_metrics, spec.tclean.vis, grid.nchan)
         surprises = _memory_surprises(result.chunk_metrics)
