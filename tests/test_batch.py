@@ -352,9 +352,9 @@ def test_slurm_gives_up_waiting_for_a_queue_that_never_starts_the_jobs(slurm, tm
 
 
 WALLTIME_CUBES = {
-    # each chunk imaged whole, one channel a task (768²: at 512² one-channel chunks without a guard
-    # channel finished the cube before any worker retired, in a fresh-clone CI run)
-    "per-chunk": ({"nchan": -1, "imsize": [768, 768]}, 1),
+    # each chunk imaged whole, one channel a task (1024²: one-channel chunks without a guard channel
+    # finished the cube before any worker retired at 512², and in 26.6 s, as they retired, at 768²)
+    "per-chunk": ({"nchan": -1, "imsize": [1024, 1024]}, 1),
     # niter > 0: the cycles' steps go on over the retirements (about 35 cycles of 20 iterations a channel)
     "whole-cube iteration": ({"nchan": 8, "imsize": [256, 256], "niter": 5600, "cycleniter": 20}, 2),
 }

@@ -91,9 +91,10 @@ def test_node_lost_mid_run_its_jobs_are_replaced_on_the_other_node(multi, tmp_pa
     """nodeA's slurmd, job steps and workers are SIGKILLed: nothing says goodbye, and Slurm only marks
     the node down after SlurmdTimeout (300 s by default). Its job, cancelled by the driver before the
     replacement is submitted, stays COMPLETING there, so Slurm starts the replacement on nodeB."""
-    # 24 chunks: with 12, 3-5 were still to do when the replacement came up, and in one fresh-clone CI
-    # run nodeB's worker finished them within the 5 s a job must be without workers to count as lost
-    tclean = {"nchan": 48}
+    # 24 chunks at 512²: with 12 at 256², 3-5 were still to do when the replacement came up on a loaded
+    # machine, and on a quiet one (fresh-clone CI) nodeB's worker finished them all (0.5 s a chunk)
+    # before a replacement could start
+    tclean = {"nchan": 48, "imsize": [512, 512]}
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2, "probe": False})
     run_dir = tmp_path / "cube.hpcrun"
     driver = start_driver(multi, cube, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
