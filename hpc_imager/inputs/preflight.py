@@ -84,7 +84,8 @@ def tclean_value_rules() -> dict[str, dict]:
     installed tclean's and never a copy that drifts. The schema is a literal inside ``__call__``."""
     source = Path(importlib.util.find_spec("casatasks.tclean").origin).read_text()
     with warnings.catch_warnings():  # its docstring's "\*" is an invalid escape to a parser
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.11
+        warnings.simplefilter("ignore", SyntaxWarning)  # 3.12 (CASA 6.7.5.18): a line on the user's terminal
         tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "schema":
