@@ -1,6 +1,7 @@
 """The default channels_per_task (pure arithmetic; the figures it uses are measured in docs/benchmarks.md)."""
 
 import pytest
+from conftest import run_cli, write_cube_toml
 
 from hpc_imager.sizing.chunk_size import (
     MIN_TASKS_PER_WORKER,
@@ -59,3 +60,33 @@ def test_frequency_grids_avoid_a_last_chunk_of_one_channel():
     assert c > 1 and 41 % c != 1 and -(-41 // c) >= 2 * MIN_TASKS_PER_WORKER
     assert choose_channels_per_task(63, 2, 0.0, 0.5, avoid_single_channel_chunks=True) > 1  # not all ones
     assert choose_channels_per_task(3, 8, 1.5, 0.5, avoid_single_channel_chunks=True) == 1  # nothing else fits
+
+
+def test_a_mode_that_allows_only_some_sizes_gets_one_of_them():
+    # whole-cube automask: chunks must lie in serial's blocks of 10 channels (imaging/iteration.py)
+    assert choose_channels_per_task(63, 1, 0.5, 1.15) == 7  # the free choice: channels 7-13 span two blocks
+    assert choose_channels_per_task(63, 1, 0.5, 1.15, mode_allows=lambda c: 10 % c == 0) == 5
+    assert choose_channels_per_task(63, 2, 0.5, 1.15, mode_allows=lambda c: c > 100) == 1  # none: one channel a task
+
+
+def _plan_line(tmp_path, ngc5921_ms, tclean: dict, site: str) -> str:
+    site_file = tmp_path / "site.toml"
+    site_file.write_text('scheduler = "local"\nnode_cores = 1\nnode_memory = "auto"\nmemory_policy = "dedicated"\n'
+                         + site)
+    cube = write_cube_toml(tmp_path / "cube", ngc5921_ms, dict({"imsize": [1024, 1024]}, **tclean), {})
+    return run_cli("plan", "--site", site_file, cube).stdout.splitlines()[0]
+
+
+def test_a_slow_ms_read_makes_larger_tasks(tmp_path, ngc5921_ms):
+    """Every task reads the whole MS: at 1 MB/s NGC5921's 36 MB costs each task 36 s, so one worker
+    takes 63 channels in 4 tasks of 16 instead of 9 of 7 (the default's 500 MB/s: 0.07 s a task)."""
+    assert "9 task(s) of 7 channel(s)" in _plan_line(tmp_path, ngc5921_ms, {}, "")
+    assert "4 task(s) of 16 channel(s)" in _plan_line(tmp_path, ngc5921_ms, {}, 'ms_read_rate = "1MB"\n')
+
+
+def test_whole_cube_automask_gets_chunks_inside_serials_blocks(tmp_path, ngc5921_ms):
+    """At 1024² serial automasks blocks of 10 channels; the free choice of 7 would span two (refused), so
+    the default takes a size that divides 10; at niter 0 it keeps the free choice of 7 (channels 7-13)."""
+    automask = {"niter": 100, "usemask": "auto-multithresh", "minpercentchange": -1.0}
+    assert "13 task(s) of 5 channel(s)" in _plan_line(tmp_path, ngc5921_ms, automask, "")
+    assert "9 task(s) of 7 channel(s)" in _plan_line(tmp_path, ngc5921_ms, dict(automask, niter=0), "")

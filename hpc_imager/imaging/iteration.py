@@ -239,14 +239,24 @@ def cube_iteration_refusal(tclean: dict, chunks: list[Chunk], grid: ChannelGrid 
             " its own tclean, not equal to serial) or channels_per_task >= nchan")
 
 
+def first_block_crossing(spans: list[tuple[int, int]], block: int) -> tuple[int, int] | None:
+    """The first (first, last) channel span of ``spans`` ((first, nchan) each) that lies in two of
+    serial's automask blocks of ``block`` channels, if any: such a chunk cannot be handed one block's beam."""
+    for first, nchan in spans:
+        if first // block != (first + nchan - 1) // block:
+            return first, first + nchan - 1
+    return None
+
+
 def automask_refusal(tclean: dict, chunks: list[Chunk]) -> None:
     """Refuse the automasks a chunk cannot be handed its share of (cycle_tasks.AutomaskShare)."""
     block = serial_block_size(sum(c.nchan for c in chunks), list(np.atleast_1d(tclean["imsize"])))
-    across = [c for c in chunks if c.first // block != (c.first + c.nchan - 1) // block]
+    across = first_block_crossing([(c.first, c.nchan) for c in chunks], block)
     if across:
+        first, last = across
         raise IterationRefused(
             f"usemask='auto-multithresh': serial tclean automasks blocks of {block} channels with one beam each,"
-            f" and channels {across[0].first}-{across[0].first + across[0].nchan - 1} span two of them; choose a"
+            f" and channels {first}-{last} span two of them; choose a"
             f" channels_per_task that divides {block}, or channels_per_task >= nchan")
     if tclean["minpercentchange"] >= 0:
         raise IterationRefused(

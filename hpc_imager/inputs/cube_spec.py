@@ -204,7 +204,7 @@ class ParallelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    channels_per_task: Annotated[Optional[int], Field(ge=1, description="Output channels imaged by one task (the last task may have fewer); default: chosen from the task's fixed and per-channel cost, the workers and a worker's memory (docs/benchmarks.md).")] = None
+    channels_per_task: Annotated[Optional[int], Field(ge=1, description="Output channels imaged by one task (the last task may have fewer); default: chosen from the task's fixed cost (one read of the whole MS at the site's ms_read_rate included) and per-channel cost, the workers and a worker's memory (docs/benchmarks.md); with whole-cube iteration and auto-multithresh, a size whose chunks each lie in one of serial's automask blocks.")] = None
     workers: Annotated[Optional[int], Field(ge=1, description="Dask workers; default: the site's choice (local: one per core).")] = None
     max_in_flight: Annotated[Optional[int], Field(ge=1, description="Tasks submitted at once; default: twice the number of workers (one running, one waiting on each).")] = None
     retries: Annotated[int, Field(ge=0, description="Extra tries for a task that fails before the run gives up on its channels.")] = 2

@@ -99,13 +99,14 @@ class SiteProfile(BaseModel):
     local_scratch: Annotated[Optional[str], Field(description="Node-local scratch directory for workers, e.g. '$TMPDIR' or '/lustre/scratch/$USER'.")] = None
     shared_directory: Annotated[Optional[str], Field(description="Run directories must be under this shared file system (workers write there).")] = None
     disk_quota: Annotated[Optional[str], Field(description="Space a run may fill on a file system it writes to (run directory, products) when a quota holds it below the free space the file system shows, e.g. '10TiB': `plan` and `submit` refuse a cube that needs more.")] = None
+    ms_read_rate: Annotated[str, Field(description="Bytes per second one worker reads a measurement set at, e.g. '500MB' (a judgement for a parallel file system's client; measure yours with `dd`): every task reads the MS's rows whole whatever channels it selects, so the default channels_per_task counts one read of the whole MS per task at this rate.")] = "500MB"
     casa_data: Annotated[Optional[str], Field(description="CASA measures data on the nodes (default: the casadata package's).")] = None
     tls: Annotated[bool, Field(description="Batch sites: the scheduler, workers and client talk TLS with a certificate made for each run (its key owner-only in the run directory, removed when the run ends). Turn it off only with the reason in a comment beside it.")] = True
     dashboard_address: Annotated[str, Field(description="Where the dask dashboard listens, 'host:port' (port 0: any free port). Loopback by default: the driver prints the `ssh -L` line that reaches it from a laptop.")] = "127.0.0.1:0"
     sge_parallel_environment: Annotated[str, Field(description="SGE parallel environment that gives a job several slots on one node.")] = "smp"
     calibration: Annotated[list[Calibration], Field(description="Memory and time models fitted by `hpc_imager calibrate`.")] = []
 
-    _check_memory = field_validator("worker_base", "job_memory_overhead", "virtual_memory_overhead")(
+    _check_memory = field_validator("worker_base", "job_memory_overhead", "virtual_memory_overhead", "ms_read_rate")(
         classmethod(lambda cls, v: _bytes(v)))
     _check_quota = field_validator("disk_quota")(classmethod(lambda cls, v: v if v is None else _bytes(v)))
     _check_walltime = field_validator("walltime_default", "walltime_max", "worker_wait")(

@@ -13,12 +13,19 @@ a quarter of a worker's share), each task fits a worker's memory, and among the 
 the smallest whose estimated run is within ``SLACK`` of the fastest. Where a one-channel chunk
 needs a guard channel (frequency or velocity channels that are not one data channel each: see
 channel_grid), sizes that leave one are avoided when another is allowed: the guard is a second
-channel's work for one.
+channel's work for one. Whole-cube iteration with auto-multithresh takes only sizes whose chunks each
+lie in one of serial's automask blocks (imaging/iteration.py refuses the others).
+
+Every task reads the MS's rows whole, every channel, whatever it selects (measured on NGC5921: a
+1-channel chunk read 75 × its share of the MS, a 9-channel one 18 ×; sizing/disk.py), so ``fixed``
+includes reading the whole MS once at the site's ``ms_read_rate``: negligible for NGC5921's 36 MB, but
+a 200 GB MS read at 500 MB/s costs every task 400 s, and its cube gets larger tasks.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 SLACK = 0.05  # a run up to 5 % slower than the fastest split buys smaller tasks
 MIN_TASKS_PER_WORKER = 4
@@ -40,16 +47,20 @@ def run_seconds(nchan: int, workers: int, channels_per_task: int, fixed: float, 
 
 
 def choose_channels_per_task(nchan: int, workers: int, fixed: float, per_channel: float,
-                             max_channels: int | None = None, avoid_single_channel_chunks: bool = False) -> int:
+                             max_channels: int | None = None, avoid_single_channel_chunks: bool = False,
+                             mode_allows: Callable[[int], bool] | None = None) -> int:
     """The smallest channels_per_task within SLACK of the fastest, no larger than ``max_channels``
     (what one worker's memory holds) nor than leaves each worker MIN_TASKS_PER_WORKER tasks; with
-    ``avoid_single_channel_chunks``, one that leaves no chunk of one channel where there is such a size."""
+    ``avoid_single_channel_chunks``, one that leaves no chunk of one channel where there is such a size;
+    only sizes ``mode_allows`` (one channel a task where it allows none of the others)."""
     if nchan < 1 or workers < 1:
         raise ValueError("nchan and workers must be at least 1")
     tasks_wanted = min(nchan, workers * MIN_TASKS_PER_WORKER)
     allowed = [c for c in range(1, min(max_channels or nchan, nchan) + 1) if math.ceil(nchan / c) >= tasks_wanted]
     if avoid_single_channel_chunks and nchan > 1:
         allowed = [c for c in allowed if c > 1 and nchan % c != 1] or allowed
+    if mode_allows is not None:
+        allowed = [c for c in allowed if mode_allows(c)] or [1]
     times = {c: run_seconds(nchan, workers, c, fixed, per_channel) for c in allowed or [1]}
     best = min(times.values())
     return min(c for c, t in times.items() if t <= best * (1 + SLACK))
@@ -69,6 +80,8 @@ def with_channels_per_task(spec, site, grid, facts=None, previous: int | None = 
     workers for one-channel tasks, and the channels a worker's share of a node (memory / cores) can hold."""
     from dask.utils import parse_bytes
 
+    from ..imaging.iteration import first_block_crossing, serial_block_size
+    from .disk import ms_bytes
     from .estimate import GIB, estimate_task
     from .plan import make_plan
 
@@ -92,7 +105,14 @@ def with_channels_per_task(spec, site, grid, facts=None, previous: int | None = 
         fixed, per_megapixel = calibration.seconds_base, calibration.seconds_per_megapixel_channel
     else:
         fixed, per_megapixel = DEFAULT_FIXED_SECONDS, DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL
+    fixed += ms_bytes(spec.tclean.vis) / parse_bytes(site.ms_read_rate)
+    mode_allows = None
+    if spec.iteration == "cube" and spec.tclean.usemask == "auto-multithresh":
+        imsize = spec.tclean.imsize
+        block = serial_block_size(nchan, [imsize] if isinstance(imsize, int) else list(imsize))
+        mode_allows = lambda c: not first_block_crossing([(first, min(c, nchan - first)) for first in range(0, nchan, c)], block)  # noqa: E731
     chosen = choose_channels_per_task(nchan, workers, fixed, per_megapixel * one.pixels / 1e6,
                                       max_channels_in_memory(share, base_bytes, per_channel_bytes),
-                                      avoid_single_channel_chunks=grid.guards_single_channels)
+                                      avoid_single_channel_chunks=grid.guards_single_channels,
+                                      mode_allows=mode_allows)
     return choosing(chosen)

@@ -180,6 +180,11 @@ READ_WARNING = 4.0
 READ_WARNING_BYTES = 10 * 2**30
 
 
+def ms_bytes(vis: str | list[str]) -> int:
+    """The measurement sets' bytes on disk: what every chunk reads (see :func:`read_amplification`)."""
+    return sum(_bytes_under(Path(path)) for path in ([vis] if isinstance(vis, str) else vis))
+
+
 def read_amplification(chunk_metrics: list[dict], vis: str | list[str], nchan: int) -> dict:
     """What the chunks read (``read_chars``: the MS, and the images the task writes and reads back)
     against the MS: each chunk's figure over its share of the MS (its channels' fraction of the MS's
@@ -188,7 +193,7 @@ def read_amplification(chunk_metrics: list[dict], vis: str | list[str], nchan: i
     its main table by a 1-channel tclean and by a 9-channel one alike, beside 6 MB and 65 MB of its own
     images and temporary lattices. In a run's workers a 1-channel chunk read 43.6 MB (75 × its
     share), a 9-channel one 92.4 MB (18 ×); the whole run 2.74 GB against 0.65 GB."""
-    ms = sum(_bytes_under(Path(path)) for path in ([vis] if isinstance(vis, str) else vis))
+    ms = ms_bytes(vis)
     read = 0
     for metrics in chunk_metrics:
         if "read_chars" in metrics:

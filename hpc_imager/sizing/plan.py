@@ -104,7 +104,8 @@ class Plan:
     def summary(self) -> str:
         limit = format_bytes(self.worker_memory_limit_bytes) if self.worker_memory_limit_bytes else "off (0)"
         return (f"site {self.site} ({self.scheduler}, {self.memory_policy}): {self.workers} workers in {self.jobs} "
-                f"job(s) of {self.processes_per_job}; one task ≈ {self.task_peak_gib:.2f} GiB "
+                f"job(s) of {self.processes_per_job}; {self.chunks} task(s) of {self.basis.channels_per_task} channel(s),"
+                f" one ≈ {self.task_peak_gib:.2f} GiB "
                 f"({self.estimate_model} model); worker memory limit {limit}; job memory "
                 f"{format_bytes(self.job_memory_bytes)}; walltime {self.walltime}")
 
