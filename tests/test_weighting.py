@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import assert_same_cube, run_cli, write_cube_toml
-from test_iteration import PRODUCTS, SMALL, assert_same_return, clean_in_chunks, serial_tclean  # noqa: F401 (a fixture)
+from conftest import assert_same_cube, read_cube, run_cli, write_cube_toml
+from test_iteration import (AUTOMASK_CUBE, PRODUCTS, SMALL, _data_channel_frequencies, assert_same_return,  # noqa: F401
+                            clean_in_chunks, serial_tclean)  # serial_tclean: a fixture
 
 BWTAPER = {"weighting": "briggsbwtaper", "robust": 0.5}
 
@@ -36,3 +37,23 @@ def test_whole_cube_iteration_equals_serial(tmp_path, ngc5921_ms, serial_tclean)
     assert returned["nmajordone"] >= 3 and returned["iterdone"] > 0, "the case must run cycles after the start"
     assert_same_cube(chunked, serial, PRODUCTS)
     assert_same_return(summary, returned)
+
+
+def test_the_seeds_recipe_at_small_size_equals_serial_through_the_cli(tmp_path, ngc5921_ms, serial_tclean):
+    """The seed's reference job in miniature, in the default mode: hogbom, briggsbwtaper, auto-multithresh,
+    a threshold, one data channel per plane on a frequency grid, one channel per task, cleaned over
+    several cycles by the cube's one controller on real workers; every product (the mask exactly) and
+    the controller's stop equal serial tclean's."""
+    data = _data_channel_frequencies(ngc5921_ms)
+    keywords = dict(AUTOMASK_CUBE, **BWTAPER, start=f"{data[16]!r}Hz", width=f"{data[1] - data[0]!r}Hz", nchan=12,
+                    niter=1000, cycleniter=20, threshold="0.8mJy")
+    cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2, "channels_per_task": 1})
+    run_cli("submit", "--site", "local", cube, cwd=tmp_path, timeout=1200)
+    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
+    serial, returned = serial_tclean(**keywords)
+    assert report["mode"] == "cube" and report["chunks"] == 12
+    assert returned["nmajordone"] >= 3 and returned["stopcode"] == 2, "the case must stop at the threshold after cycles"
+    assert_same_cube(str(tmp_path / "cube"), serial, PRODUCTS)
+    assert_same_return(report["iteration_summary"], returned)
+    got, want = read_cube(str(tmp_path / "cube.mask"))["pixels"], read_cube(f"{serial}.mask")["pixels"]
+    assert want.sum() > 0 and (got != want).sum() == 0, f"{(got != want).sum()} mask pixels off"
