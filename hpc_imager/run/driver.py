@@ -165,7 +165,8 @@ def _refuse_shared_paths(cubes: list[tuple[Path, CubeSpec]], checked: list[_Cube
         seen: dict[Path, Path] = {}
         for (path, _), cube in zip(cubes, checked):
             if key(cube) in seen:
-                raise CubeSpecError(f"{seen[key(cube)]} and {path} have the same {what} {key(cube)}: give each cube its own")
+                raise CubeSpecError(f"{seen[key(cube)]} and {path} have the same {what} {key(cube)}:"
+                                    " give each cube its own")
             seen[key(cube)] = path
 
 
@@ -217,7 +218,8 @@ def _run_context(cube: _Cube, site: SiteProfile, journal: Journal, console: Cons
     sized = cube.sized
     log.info("%s: %d channels in %d chunks of %d, mode %s, site %s", cube.spec.tclean.imagename, sized.grid.nchan,
              len(sized.chunks), cube.spec.parallel.channels_per_task, cube.mode.key, site.name)
-    return RunContext(cube.spec, site, backend_for(site), cube.run_dir, journal, console, sized.grid, sized.chunks, None)
+    return RunContext(cube.spec, site, backend_for(site), cube.run_dir, journal, console, sized.grid, sized.chunks,
+                      None)
 
 
 def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool) -> dict:

@@ -2,9 +2,9 @@
 
 The window is refilled as each task finishes (``as_completed``), so CASA's memory per worker stays
 bounded however large the cube. Several cubes on one set of workers share one window (``slots``):
-a cube takes a free place whenever it has one, and waits for one only when it has nothing in flight. Every submission, success and failure goes to the journal first; a
-failed task is retried, sent round again with more memory, or given up on, as
-:mod:`hpc_imager.run.decisions` says. Every imaging mode runs its tasks through this one loop.
+a cube takes a free place whenever it has one, and waits for one only when it has nothing in flight.
+Every submission, success and failure goes to the journal first; a failed task is retried, sent
+round again with more memory, or given up on, as :mod:`hpc_imager.run.decisions` says. Every imaging mode runs its tasks through this one loop.
 """
 
 from __future__ import annotations
@@ -124,16 +124,16 @@ def run_tasks(run: "RunContext", client, plan: "Plan", tasks: Tasks, todo: list[
                 except Exception as error:  # any failure of the task or its worker: decide what next
                     message = f"{type(error).__name__}: {error}"
                     journal.failed(chunk.index, attempt, message, step=tasks.step)
-                    outcome.failures.append({"chunk": chunk.index, "channels": channel_ranges([chunk]), "attempt": attempt,
-                                             "step": tasks.step, "error": message})
+                    outcome.failures.append({"chunk": chunk.index, "channels": channel_ranges([chunk]),
+                                             "attempt": attempt, "step": tasks.step, "error": message})
+                    step = f" of {tasks.step}" if tasks.step else ""
                     progress.console.print(f"hpc_imager: {chunk.name} (channels {channel_ranges([chunk])}) failed"
-                                           f" on attempt {attempt}{f' of {tasks.step}' if tasks.step else ''}: {message}")
+                                           f" on attempt {attempt}{step}: {message}")
                     out_of_memory = ran_out_of_memory(type(error).__name__, str(error), run.log_texts(),
                                                       run.backend.memory_signs)
                     decision = after_failure(out_of_memory=out_of_memory, tries=tries[chunk.index],
                                              retries=run.spec.parallel.retries)
-                    log.info("%s attempt %d%s failed (%s): %s", chunk.name, attempt,
-                             f" of {tasks.step}" if tasks.step else "", message, decision.value)
+                    log.info("%s attempt %d%s failed (%s): %s", chunk.name, attempt, step, message, decision.value)
                     if decision is Next.MORE_MEMORY:
                         outcome.out_of_memory.append(chunk)
                     elif decision is Next.RETRY:
