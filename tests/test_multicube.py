@@ -106,13 +106,20 @@ def test_a_cube_that_fails_ends_alone_and_the_exit_status_says_so(tmp_path, ngc5
     assert_same_cube(str(tmp_path / "b" / "cube"), serial_reference(**tclean))
 
 
-def test_two_cubes_writing_one_image_are_refused_before_anything_runs(tmp_path, ngc5921_ms):
+def test_a_submission_with_a_cube_that_cannot_run_is_refused_before_anything_is_written(tmp_path, ngc5921_ms):
     a = write_cube_toml(tmp_path / "a", ngc5921_ms, NITER_ZERO, {})
     refused = run_cli("submit", a, a, check=False)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"hpc_imager: error: {a} and {a} have the same run directory {tmp_path / 'a' / 'cube.hpcrun'}: give each cube its own"]
     assert not (tmp_path / "a" / "cube.hpcrun").exists()
+
+    b = write_cube_toml(tmp_path / "b", ngc5921_ms, NITER_ZERO, {})
+    (tmp_path / "b" / "cube.hpcrun").mkdir()
+    (tmp_path / "b" / "cube.hpcrun" / "run.json").write_text("{}")  # an earlier run's
+    refused = run_cli("submit", a, b, check=False)
+    assert refused.returncode == 2 and "holds a run: pass --resume to continue it" in refused.stderr
+    assert not (tmp_path / "a" / "cube.hpcrun").exists(), "the first cube's run was not begun"
 
 
 def _kill_session_leftovers(session: int) -> None:

@@ -176,6 +176,8 @@ def _checked(spec: CubeSpec, site: SiteProfile, resume: bool) -> _Cube:
     existing = final_products(spec.tclean.imagename)
     if existing and not resume:
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
+    if not resume:
+        Journal.refuse_taken(run_dir)  # one cube of several must not leave the others' journals begun
     sized = size_cube(spec, site, _started_with(run_dir, resume))
     check_disk(sized.disk, sized.spec, site)  # before anything is written
     mode = mode_for(sized.spec.iteration)()
