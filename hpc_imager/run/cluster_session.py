@@ -127,11 +127,13 @@ class SharedWorkers:
         self._lock = threading.Lock()  # the cubes' threads ask at once
         self._clusters = contextlib.ExitStack()
         self._client = None
+        self.closing = False  # set before the cluster closes: the tasks it cancels did not fail
 
     def __enter__(self) -> "SharedWorkers":
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closing = True
         self._clusters.close()
 
     def client(self):

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..imaging.channel_grid import Chunk
+from ..errors import RunFailed
 from .decisions import Next, after_failure, ran_out_of_memory
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from .context import RunContext
 
 log = logging.getLogger(__name__)
+
+
+class SubmissionEnding(RunFailed):
+    """The shared workers are closing under a cube's tasks (Ctrl-C, SIGTERM): not its chunks' failure."""
 
 
 def channel_ranges(chunks: list[Chunk]) -> str:
@@ -122,6 +127,8 @@ def run_tasks(run: "RunContext", client, plan: "Plan", tasks: Tasks, todo: list[
                     if future.status != "finished":
                         future.result()  # raises the task's (or its worker's) error
                 except Exception as error:  # any failure of the task or its worker: decide what next
+                    if run.allocation and run.allocation.closing:  # cancelled as the submission ends
+                        raise SubmissionEnding("the submission's workers closed") from None
                     message = f"{type(error).__name__}: {error}"
                     journal.failed(chunk.index, attempt, message, step=tasks.step)
                     outcome.failures.append({"chunk": chunk.index, "channels": channel_ranges([chunk]),
