@@ -88,6 +88,7 @@ def test_a_submission_killed_with_sigkill_resumes_every_cube_without_reimaging_w
     resubmitted = {e["chunk"] for e in events(b_run)[before[b_run]:] if e["event"] == "submitted"}
     assert resubmitted and not resubmitted & done_before_kill
     assert resubmitted | done_before_kill == set(range(32))
+    assert json.loads((b_run / "report.json").read_text())["plan"]["chunks"] == 32, "sized for the cube left alone"
     assert_same_cube(str(tmp_path / "a" / "cube"), serial_reference(**small))
     assert_same_cube(str(tmp_path / "b" / "cube"), serial_reference(**whole))
 

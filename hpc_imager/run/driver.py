@@ -110,7 +110,9 @@ def image_cubes(cubes: list[tuple[Path, CubeSpec]], site: SiteProfile, *, resume
     backend.check_site(site)
     checked = [_checked(spec, site, resume) for _, spec in cubes]
     _refuse_shared_paths(cubes, checked)
-    plan = shared_plan([c.sized.plan for c in checked])
+    # sized for the cubes left to image (a resumed submission's complete cubes take no worker)
+    left = [c for c in checked if not (resume and _complete_report(c.run_dir))] or checked
+    plan = shared_plan([c.sized.plan for c in left])
     bound = in_flight_bound(min((m for c in checked if (m := c.spec.parallel.max_in_flight)), default=None), plan)
     consoles = [_CubeConsole(str(path)) for path, _ in cubes]  # each cube's lines name its cube.toml
     others = [[str(o.run_dir) for o in checked if o is not c] for c in checked]
@@ -202,13 +204,19 @@ def _journal(cube: _Cube, site: SiteProfile, resume: bool, plan: Plan, console: 
     }
     journal = Journal.resume(cube.run_dir, identity) if resume else Journal.create(cube.run_dir, identity)
     journal.driver_started()
-    if resume and (cube.run_dir / "report.json").exists():
-        previous = json.loads((cube.run_dir / "report.json").read_text())
-        if previous.get("status") == "complete":
-            console.print(f"hpc_imager: {spec.tclean.imagename} is already complete ({cube.run_dir / 'report.json'})")
-            return previous
+    previous = _complete_report(cube.run_dir) if resume else None
+    if previous:
+        console.print(f"hpc_imager: {spec.tclean.imagename} is already complete ({cube.run_dir / 'report.json'})")
+        return previous
     (cube.run_dir / "logs").mkdir(exist_ok=True)
     return journal
+
+
+def _complete_report(run_dir: Path) -> dict | None:
+    """The report of a run that is complete already (``--resume`` images nothing of it)."""
+    path = run_dir / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    return report if report.get("status") == "complete" else None
 
 
 def _send_logs_to(run_dir: Path, by_thread: bool = False) -> None:
