@@ -25,7 +25,7 @@ from ..imaging.worker_plugin import PrepareWorker
 from ..inputs.site_profile import walltime_seconds
 from ..sizing.plan import Plan, PlanRefused
 from ..backends.security import dashboard_hint
-from .task_loop import Tasks, channel_ranges, run_tasks
+from .task_loop import Places, Tasks, channel_ranges, run_tasks
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -92,7 +92,7 @@ class ClusterSession:
         lost: list[Chunk] = []
         while todo:
             outcome = run_tasks(self.run, self._connected(), self.plan, tasks, todo,
-                                slots=self._shared.slots if self._shared else None)
+                                places=self._shared.places if self._shared else None)
             self.passes.failures += outcome.failures
             lost += outcome.lost
             todo = outcome.out_of_memory
@@ -123,7 +123,7 @@ class SharedWorkers:
     def __init__(self, plan: Plan, site: "SiteProfile", backend: "Backend", run_dir: Path, console: Console,
                  max_in_flight: int):
         self.plan, self.site, self.backend, self.run_dir, self.console = plan, site, backend, run_dir, console
-        self.slots = threading.BoundedSemaphore(max_in_flight)
+        self.places = Places(max_in_flight)
         self._lock = threading.Lock()  # the cubes' threads ask at once
         self._clusters = contextlib.ExitStack()
         self._client = None

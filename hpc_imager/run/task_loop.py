@@ -1,7 +1,7 @@
 """The bounded task loop: one task per chunk, at most ``max_in_flight`` submitted at once.
 
 The window is refilled as each task finishes (``as_completed``), so CASA's memory per worker stays
-bounded however large the cube. Several cubes on one set of workers share one window (``slots``):
+bounded however large the cube. Several cubes on one set of workers share one window (``places``):
 a cube takes a free place whenever it has one, and waits for one only when it has nothing in flight.
 Every submission, success and failure goes to the journal first; a failed task is retried, sent
 round again with more memory, or given up on, as :mod:`hpc_imager.run.decisions` says. Every imaging mode runs its tasks through this one loop.
@@ -28,6 +28,37 @@ if TYPE_CHECKING:
     from .context import RunContext
 
 log = logging.getLogger(__name__)
+
+
+class Places:
+    """Places in flight, shared by the cubes of a submission: a place freed goes first to a cube that
+    waits with nothing in flight, so a cube holding places cannot keep them all while another (a
+    whole-cube iteration's next step, say) starves; every cube keeps at least one task going."""
+
+    def __init__(self, places: int):
+        self._free = places
+        self._waiting = 0
+        self._changed = threading.Condition()
+
+    def take(self, wait: bool) -> bool:
+        """A place if one is free (``wait``: until one is); without ``wait``, none while others wait."""
+        with self._changed:
+            if not wait:
+                if self._free and not self._waiting:
+                    self._free -= 1
+                    return True
+                return False
+            self._waiting += 1
+            while not self._free:
+                self._changed.wait()
+            self._waiting -= 1
+            self._free -= 1
+            return True
+
+    def give_back(self) -> None:
+        with self._changed:
+            self._free += 1
+            self._changed.notify()
 
 
 class SubmissionEnding(RunFailed):
@@ -83,13 +114,13 @@ def in_flight_bound(max_in_flight: int | None, plan: "Plan") -> int:
 
 
 def run_tasks(run: "RunContext", client, plan: "Plan", tasks: Tasks, todo: list[Chunk],
-              slots: threading.Semaphore | None = None) -> Outcome:
+              places: Places | None = None) -> Outcome:
     """Run ``tasks`` for the chunks ``todo`` on ``client``; say which were given up on or ran out of memory.
-    ``slots``: the places in flight this run shares with other cubes on the same workers (default: its own)."""
+    ``places``: the places in flight this run shares with other cubes on the same workers (default: its own)."""
     from distributed import as_completed
 
     journal = run.journal
-    slots = slots or threading.BoundedSemaphore(in_flight_bound(run.spec.parallel.max_in_flight, plan))
+    places = places or Places(in_flight_bound(run.spec.parallel.max_in_flight, plan))
     queue = deque(todo)
     tries: dict[int, int] = {}
     in_flight: dict[str, tuple[Chunk, int]] = {}
@@ -110,7 +141,7 @@ def run_tasks(run: "RunContext", client, plan: "Plan", tasks: Tasks, todo: list[
         pending.add(future)
 
     def refill() -> None:
-        while queue and slots.acquire(blocking=not in_flight):  # never return with nothing in flight
+        while queue and places.take(wait=not in_flight):  # never return with nothing in flight
             submit(queue.popleft())
 
     started = time.time()
@@ -122,7 +153,7 @@ def run_tasks(run: "RunContext", client, plan: "Plan", tasks: Tasks, todo: list[
             refill()
             for future, metrics in pending:
                 chunk, attempt = in_flight.pop(future.key)
-                slots.release()
+                places.give_back()
                 try:
                     if future.status != "finished":
                         future.result()  # raises the task's (or its worker's) error
@@ -163,5 +194,5 @@ def run_tasks(run: "RunContext", client, plan: "Plan", tasks: Tasks, todo: list[
                 run.assembly.place_waiting(journal.placed)  # while the workers image the next chunks
         finally:  # a run that ends early (interrupted, a step given up) frees its places for the others
             for _ in in_flight:
-                slots.release()
+                places.give_back()
     return outcome
