@@ -11,7 +11,9 @@ user would), one after the other, on the same machine, with the same tclean keyw
 - the machine's own limit: two serial tclean processes, each on one half of the channels, at once,
   against one on the whole cube (what 2 workers on 2 cores could at best reach);
 - the driver's own cost per task: 10 000 trivial tasks through the real driver loop (journal,
-  progress bar, retries with 1 % injected failures) on 2 local workers.
+  progress bar, retries with 1 % injected failures) on 2 local workers;
+- ``--only multicube``: NGC5921 cut into 2 and 4 spectral windows, each its own cube, submitted one
+  after another against all in one submission (benchmarks/multicube.py).
 
 Writes ``<out>/bench-<UTC time>.json`` and ``.png`` and prints a summary. Ratios are meaningful
 only within one run: the machine may be shared, and the load average is recorded before and
@@ -200,6 +202,16 @@ def driver_overhead(tasks: int, work: Path) -> dict:
     return dict(result, process_seconds=round(seconds, 2))
 
 
+def hpc_imager_submit(tomls: list[Path], log: Path) -> float:
+    """One ``hpc_imager submit --site local`` process for ``tomls``; its wall time."""
+    return _timed_python(f"""
+        import sys
+        from hpc_imager.cli import main
+        sys.argv = ["hpc_imager", "submit", "--site", "local", *{[str(t) for t in tomls]!r}]
+        main()
+        """, log)
+
+
 def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, work: Path, limit: bool,
                     repeat_serial: bool = True) -> dict:
     entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
@@ -323,6 +335,15 @@ def main() -> None:
             results["cubes"].append(cube_comparison(f"ngc5921-{imsize}-niter{niter}", dict(ngc, niter=niter), 63,
                                                     args.channels_per_task, work, limit=True,
                                                     repeat_serial=not args.no_repeat))
+        elif part == "multicube":
+            from benchmarks.multicube import compare
+
+            base = {"vis": ngc["vis"], "field": "2", "specmode": "cube", "imsize": [imsize, imsize],
+                    "cell": ["15arcsec"], "niter": 0, **BRIGGS}
+            for n in (2, 4):
+                entry = compare(base, n, args.channels_per_task, work, hpc_imager_submit)
+                results.setdefault("multicube", []).append(entry)
+                print(json.dumps(entry), flush=True)
         elif part == "sim":
             sim_ms = make_simulated_ms(work / "sim.ms", SimulatedObservation(nchan=sim_nchan))
             sim = by_frequency({"vis": str(sim_ms), "specmode": "cube", "nchan": -1,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from .inputs.cube_spec import CubeSpec, CubeSpecError, ParallelParams, load_cube_spec
 
 
@@ -66,6 +66,10 @@ cube_argument = click.argument("cube_toml", type=click.Path(path_type=Path))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
+def _load_cube(cube_toml: Path, overrides: dict):
+    return load_cube_spec(cube_toml, {k: v for k, v in overrides.items() if v is not None})
+
+
 def _cube_on_site(function):
     """CUBE_TOML, --site and the [parallel] overrides → the validated cube and site, CASA set up offline."""
 
@@ -77,15 +81,12 @@ def _cube_on_site(function):
         from .imaging import casa_setup
         from .inputs.site_profile import load_site
 
-        overrides = {name: kwargs.pop(name) for name in ParallelParams.model_fields}
-        spec = load_cube_spec(cube_toml, {k: v for k, v in overrides.items() if v is not None})
+        spec = _load_cube(cube_toml, {name: kwargs.pop(name) for name in ParallelParams.model_fields})
         profile = load_site(site)
         casa_setup.configure_offline()
         return function(spec, profile, **kwargs)
 
     return wrapper
-
-
 
 
 @click.group()
@@ -95,22 +96,44 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--resume", is_flag=True, help="Finish the run in the cube's run directory.")
+@click.argument("cube_tomls", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="CUBE_TOML...")
+@site_option
+@_parallel_overrides
+@click.option("--resume", is_flag=True, help="Finish the run in each cube's run directory.")
 @click.option("--compare-serial", is_flag=True,
               help="Afterwards run serial tclean on the whole cube and report per-plane differences.")
 @_user_errors
-@_cube_on_site
-def submit(spec: CubeSpec, profile, resume: bool, compare_serial: bool) -> None:
-    """Image the cube described by CUBE_TOML."""
+def submit(cube_tomls: tuple[Path, ...], site: str, resume: bool, compare_serial: bool, **overrides) -> None:
+    """Image the cube described by CUBE_TOML; several cube.tomls share one set of workers (one queue
+    wait), each cube with its own run directory, report and --resume."""
     import signal
 
-    from .run.driver import image_cube
+    from .inputs.site_profile import load_site
+
+    specs = [(path, _load_cube(path, overrides)) for path in cube_tomls]
+    profile = load_site(site)
 
     def interrupted(*_):  # a batch system's SIGTERM (scancel, walltime) ends the run like Ctrl-C
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
-    image_cube(spec, profile, resume=resume, compare_serial=compare_serial)
+    if len(specs) == 1:
+        from .run.driver import image_cube
+
+        image_cube(specs[0][1], profile, resume=resume, compare_serial=compare_serial)
+        return
+    from .run.driver import image_cubes
+
+    outcomes = image_cubes(specs, profile, resume=resume, compare_serial=compare_serial)
+    failed = [o for o in outcomes if o.error is not None]
+    for outcome in failed:
+        error = outcome.error
+        message = (str(error) if isinstance(error, UserError) else
+                   f"{type(error).__name__}: {error} (the traceback is in the first cube's logs/driver.log)")
+        click.echo(f"hpc_imager: error: {outcome.cube_toml}: {message}", err=True)
+    click.echo(f"hpc_imager: {len(outcomes) - len(failed)} of {len(outcomes)} cubes complete", err=True)
+    if failed:
+        sys.exit(max(getattr(o.error, "exit_status", EXIT_FAILED) for o in failed))
 
 
 @main.command()
@@ -290,20 +313,26 @@ def sites_validate(file: Path) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--plot", is_flag=True, help="Also (re)draw RUN_DIR/report.png.")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
+@click.option("--plot", is_flag=True, help="Also (re)draw each RUN_DIR/report.png.")
 @json_option
 @_user_errors
-def status(run_dir: Path, plot: bool, as_json: bool) -> None:
-    """What a run (running or finished) has done: chunks done, running, failed, pending; workers; ETA."""
+def status(run_dirs: tuple[Path, ...], plot: bool, as_json: bool) -> None:
+    """What a run (running or finished) has done: chunks done, running, failed, pending; workers; ETA.
+    Several RUN_DIRs (the cubes of one submission): each in turn (--json: a list)."""
     from .run.status import format_status, read_status
 
-    state = read_status(run_dir)
-    click.echo(json.dumps(state.as_dict(), indent=2) if as_json else format_status(state))
+    states = [read_status(run_dir) for run_dir in run_dirs]
+    if as_json:
+        found = [state.as_dict() for state in states]
+        click.echo(json.dumps(found[0] if len(found) == 1 else found, indent=2))
+    else:
+        click.echo("\n\n".join(format_status(state) for state in states))
     if plot:
         from .run.report_plot import write_report_png
 
-        click.echo(f"wrote {write_report_png(run_dir)}", err=True)
+        for run_dir in run_dirs:
+            click.echo(f"wrote {write_report_png(run_dir)}", err=True)
 
 
 @main.command()

@@ -31,15 +31,17 @@ def send_dask_logs_to(stream: IO[str]) -> None:
         logger.propagate = False
 
 
-def send_module_logs_to(path: Path) -> None:
-    """hpc_imager's module loggers (what the driver decided: plan, mode, retries) into ``path``."""
+def send_module_logs_to(path: Path, by_thread: bool = False) -> None:
+    """hpc_imager's module loggers (what the driver decided: plan, mode, retries) into ``path``;
+    ``by_thread``: each line names its thread (several cubes in one driver: a thread per cube)."""
     logger = logging.getLogger("hpc_imager")
     for old in [h for h in logger.handlers if getattr(h, "hpc_imager_run_log", False)]:
         logger.removeHandler(old)
         old.close()
     handler = logging.FileHandler(path)
     handler.hpc_imager_run_log = True
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    thread = " %(threadName)s" if by_thread else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s{thread} %(name)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

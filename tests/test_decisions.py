@@ -49,3 +49,27 @@ def test_a_part_is_cut_where_the_target_tiles_begin():
     assert tile_rows(60, 3, 7) == [(0, 2)]
     assert tile_rows(0, 20, 7) == [(0, 6), (7, 13), (14, 19)]
     assert tile_rows(5, 4, 1) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def test_a_place_in_flight_freed_goes_to_the_cube_waiting_with_nothing_in_flight():
+    """Cubes of one submission share the places in flight (task_loop.Places): a cube holding places
+    takes a freed one again only when no cube waits with nothing in flight."""
+    import threading
+    import time
+
+    from hpc_imager.run.task_loop import Places
+
+    places = Places(2)
+    assert places.take(wait=False) and places.take(wait=False) and not places.take(wait=False)
+    got = threading.Event()
+    waiting = threading.Thread(target=lambda: places.take(wait=True) and got.set(), daemon=True)
+    waiting.start()
+    deadline = time.time() + 10
+    while not places._waiting:  # the other cube is waiting now
+        assert time.time() < deadline
+        time.sleep(0.01)
+    places.give_back()
+    assert not places.take(wait=False), "the cube holding a place does not take the freed one"
+    assert got.wait(10)
+    places.give_back()
+    assert places.take(wait=False)

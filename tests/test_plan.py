@@ -14,7 +14,7 @@ from hpc_imager.backends import backend_for
 from hpc_imager.inputs.cube_spec import parse_cube_spec
 from hpc_imager.inputs.site_profile import SiteProfile, parse_site
 from hpc_imager.sizing.estimate import MEMORY_TERMS, MsFacts, TaskEstimate, estimate_task
-from hpc_imager.sizing.plan import PlanRefused, make_plan, renderable_limit
+from hpc_imager.sizing.plan import PlanRefused, make_plan, renderable_limit, shared_plan
 
 GOLDEN = Path(__file__).with_name("golden")
 GIB = 2**30
@@ -46,6 +46,15 @@ def test_shared_memory_arithmetic():
     assert plan.jobs == 3 and plan.workers == 42
     assert plan.job_memory_bytes == 14 * plan.worker_memory_limit_bytes + GIB // 2
     assert plan.threads_per_worker == 1 and plan.cores_per_job == 14
+
+
+def test_cubes_submitted_together_share_workers_sized_for_the_largest_task_and_all_chunks():
+    small = make_plan(spec(workers=40), site("slurm", "shared"), task(1.0, 600.0), chunks=100)
+    large = make_plan(spec(workers=40), site("slurm", "shared"), task(3.0, 60.0), chunks=20)
+    shared = shared_plan([small, large])
+    assert shared.worker_memory_limit_bytes == large.worker_memory_limit_bytes  # any worker may get the large task
+    assert shared.chunks == 120 and shared.workers == 42
+    assert shared.task_seconds == 600.0  # the walltime allows the longest task
 
 
 def test_dedicated_turns_dask_memory_management_off_and_asks_for_the_node():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console
 
@@ -14,6 +14,9 @@ from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import SiteProfile
 from .concat import CubeAssembly, wants_common_beam
 from .journal import Journal
+
+if TYPE_CHECKING:
+    from .cluster_session import SharedWorkers
 
 
 @dataclass
@@ -30,6 +33,8 @@ class RunContext:
     chunks: list[Chunk]
     assembly: CubeAssembly | None  # made once the run's journal says what is placed
     cube_weights: str = ""  # the whole cube's imaging weights every chunk is handed (briggsbwtaper)
+    allocation: "SharedWorkers | None" = None  # the workers this cube shares with the others of its submission
+    label: str = ""  # how the terminal names this cube among the others of its submission (its cube.toml)
 
     @property
     def tclean_params(self) -> dict:
@@ -40,8 +45,9 @@ class RunContext:
         return params
 
     def log_texts(self) -> Iterator[str]:
-        """The run's worker and job logs, where distributed's nanny and the batch system write kills."""
-        logs = self.run_dir / "logs"
-        for path in [*logs.glob("worker-*.log"), *(logs / "jobs").glob("*")]:
-            if path.is_file():
-                yield path.read_text(errors="replace")
+        """The run's worker and job logs, where distributed's nanny and the batch system write kills
+        (a cube sharing its submission's workers: theirs too, in the first cube's run directory)."""
+        for logs in dict.fromkeys(d / "logs" for d in (self.run_dir, self.allocation and self.allocation.run_dir) if d):
+            for path in [*logs.glob("worker-*.log"), *(logs / "jobs").glob("*")]:
+                if path.is_file():
+                    yield path.read_text(errors="replace")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -22,11 +24,13 @@ from ..imaging import casa_setup
 from ..imaging.casa_imager import chunking_caveats
 from ..imaging.cube_weights import CUBE_WEIGHTS, make_cube_weights, wants_cube_weights
 from ..imaging.iteration import weighting_refusal
-from ..inputs.cube_spec import CubeSpec
+from ..inputs.cube_spec import CubeSpec, CubeSpecError
 from ..inputs.site_profile import SiteProfile
 from ..sizing.cube_sizing import SizedCube, size_cube
 from ..sizing.disk import check_disk, read_amplification, read_warning
 from ..sizing.estimate import GIB, TaskEstimate, memory_surprise
+from ..sizing.plan import Plan, shared_plan
+from .cluster_session import SharedWorkers
 from .channel_records import channel_records
 from .concat import CubeAssembly, export_fits, final_products
 from .context import RunContext
@@ -34,9 +38,13 @@ from .journal import Journal, RunDirectoryError
 from ..logs import casa_messages_to, send_dask_logs_to, send_module_logs_to
 from .modes import ImagingMode, mode_for
 from .modes.whole_chunks import WholeChunks
-from .task_loop import channel_ranges
+from .task_loop import channel_ranges, in_flight_bound
 
 log = logging.getLogger(__name__)
+
+
+# casatasks' tclean keeps its imager and CASA's log origin per process: one serial comparison at a time
+_SERIAL_TCLEAN = threading.Lock()
 
 
 class RunIncomplete(RunFailed):
@@ -54,42 +62,177 @@ def image_cube(
     """Image the cube described by ``spec`` on ``site``; return the report (also written to report.json)."""
     console = console or Console(stderr=True, soft_wrap=True)
     casa_setup.configure_offline()
-    run_dir = spec.run_directory.resolve()
-    imagename = spec.tclean.imagename
     backend_for(site).check_site(site)
-    existing = final_products(imagename)
+    cube = _checked(spec, site, resume)
+    journal = _journal(cube, site, resume, cube.sized.plan, console)
+    if isinstance(journal, dict):
+        return journal  # complete already
+    _send_logs_to(cube.run_dir)
+    with casa_messages_to(cube.run_dir / "logs" / "driver.casa.log"):
+        return _image(_run_context(cube, site, journal, console), cube.mode, cube.sized, compare_serial)
+
+
+@dataclass
+class _Cube:
+    """One cube of a submission, checked, sized and refused (or not) before any worker is asked for."""
+
+    sized: SizedCube
+    mode: ImagingMode
+    run_dir: Path
+
+    @property
+    def spec(self) -> CubeSpec:
+        return self.sized.spec
+
+
+@dataclass
+class CubeOutcome:
+    """What became of one cube of a submission: its report, or the error that ended it."""
+
+    cube_toml: Path
+    report: dict | None = None
+    error: Exception | None = None
+
+
+def image_cubes(cubes: list[tuple[Path, CubeSpec]], site: SiteProfile, *, resume: bool = False,
+                compare_serial: bool = False) -> list[CubeOutcome]:
+    """Image several cubes on one set of workers (one cluster, one queue wait): each cube runs as
+    :func:`image_cube` does (its own run directory, journal, report, ``--resume``) in a thread of its
+    own, and their tasks share the workers and one bound on tasks in flight (:class:`SharedWorkers`).
+
+    Every cube is checked before any worker is asked for, and a cube that cannot run refuses the
+    submission; once imaging, a cube that fails ends alone (its outcome says why) and the others go on.
+    With ``resume``, a run directory that holds a run goes on, a complete one is not imaged again, and
+    a cube never started starts. The driver's own logs (dask's, CASA's, its decisions, each line with
+    its cube's thread) and the workers' are in the first cube's run directory: one process, one log."""
+    casa_setup.configure_offline()
+    backend = backend_for(site)
+    backend.check_site(site)
+    checked = [_checked(spec, site, resume) for _, spec in cubes]
+    _refuse_shared_paths(cubes, checked)
+    # sized for the cubes left to image (a resumed submission's complete cubes take no worker)
+    left = [c for c in checked if not (resume and _complete_report(c.run_dir))] or checked
+    plan = shared_plan([c.sized.plan for c in left])
+    bound = in_flight_bound(min((m for c in checked if (m := c.spec.parallel.max_in_flight)), default=None), plan)
+    consoles = [_CubeConsole(str(path)) for path, _ in cubes]  # each cube's lines name its cube.toml
+    others = [[str(o.run_dir) for o in checked if o is not c] for c in checked]
+    journals = [_journal(c, site, resume and (c.run_dir / "run.json").exists(), plan, console, shared_with)
+                for c, console, shared_with in zip(checked, consoles, others)]
+    outcomes = [CubeOutcome(path, report=j if isinstance(j, dict) else None) for (path, _), j in zip(cubes, journals)]
+    first = checked[0].run_dir
+    _send_logs_to(first, by_thread=True)
+    console = Console(stderr=True, soft_wrap=True)
+    with casa_messages_to(first / "logs" / "driver.casa.log"), \
+            SharedWorkers(plan, site, backend, first, console, bound) as workers:
+
+        def image(outcome: CubeOutcome, cube: _Cube, journal: Journal, console: Console) -> None:
+            try:
+                run = _run_context(cube, site, journal, console)
+                run.allocation, run.label = workers, console.cube_name
+                outcome.report = _image(run, cube.mode, cube.sized, compare_serial)
+            except Exception as error:  # noqa: BLE001 — this cube ends; the others go on
+                log.exception("%s ended", cube.spec.tclean.imagename)
+                outcome.error = error
+
+        threads = [threading.Thread(target=image, args=(o, c, j, k), name=k.cube_name,
+                                    daemon=True)  # Ctrl-C ends the driver, not a wait for every cube
+                   for o, c, j, k in zip(outcomes, checked, journals, consoles) if not isinstance(j, dict)]
+        if threads:  # started here, not in a cube's thread: distributed's Client must be closed in the
+            workers.client()  # context it was entered in (a ValueError from its contextvar, seen)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return outcomes
+
+
+class _CubeConsole(Console):
+    """A cube's lines in a submission of several, each naming its cube; never redrawn in place (one
+    terminal cannot hold several cubes' live progress bars: they print once, when done)."""
+
+    def __init__(self, name: str):
+        # the terminal's width (else 120): rich gives a console that is not a terminal 80 columns, and
+        # the progress line printed at the end was cut ("peak residual 0.001… ch 1.6… failed 0 worke…")
+        super().__init__(stderr=True, soft_wrap=True, force_terminal=False,
+                         width=shutil.get_terminal_size((120, 24)).columns)
+        self.cube_name = name
+
+    def print(self, *objects, **kwargs) -> None:
+        if objects and isinstance(objects[0], str) and objects[0].startswith("hpc_imager: "):
+            objects = (f"hpc_imager: {self.cube_name}: {objects[0].removeprefix('hpc_imager: ')}", *objects[1:])
+        super().print(*objects, **kwargs)
+
+
+def _refuse_shared_paths(cubes: list[tuple[Path, CubeSpec]], checked: list[_Cube]) -> None:
+    """Two cubes of a submission writing one run directory or one image would overwrite each other."""
+    for what, key in (("run directory", lambda c: c.run_dir),
+                      ("imagename", lambda c: Path(c.spec.tclean.imagename).resolve())):
+        seen: dict[Path, Path] = {}
+        for (path, _), cube in zip(cubes, checked):
+            if key(cube) in seen:
+                raise CubeSpecError(f"{seen[key(cube)]} and {path} have the same {what} {key(cube)}:"
+                                    " give each cube its own")
+            seen[key(cube)] = path
+
+
+def _checked(spec: CubeSpec, site: SiteProfile, resume: bool) -> _Cube:
+    """Everything that can refuse a cube before anything is written or any worker asked for."""
+    run_dir = spec.run_directory.resolve()
+    existing = final_products(spec.tclean.imagename)
     if existing and not resume:
         raise RunDirectoryError(f"will not overwrite {', '.join(map(str, existing))}: remove it or choose another imagename")
-
+    if not resume:
+        Journal.refuse_taken(run_dir)  # one cube of several must not leave the others' journals begun
     sized = size_cube(spec, site, _started_with(run_dir, resume))
-    spec, grid, chunks, plan = sized.spec, sized.grid, sized.chunks, sized.plan
-    check_disk(sized.disk, spec, site)  # before anything is written
-    mode = mode_for(spec.iteration)()
-    weighting_refusal(spec.tclean.model_dump(), chunks, spec.iteration)
-    mode.refuse(spec.tclean.model_dump(), chunks, grid)
+    check_disk(sized.disk, sized.spec, site)  # before anything is written
+    mode = mode_for(sized.spec.iteration)()
+    weighting_refusal(sized.spec.tclean.model_dump(), sized.chunks, sized.spec.iteration)
+    mode.refuse(sized.spec.tclean.model_dump(), sized.chunks, sized.grid)
+    return _Cube(sized, mode, run_dir)
+
+
+def _journal(cube: _Cube, site: SiteProfile, resume: bool, plan: Plan, console: Console,
+             shared_with: list[str] = ()) -> Journal | dict:
+    """The cube's journal, created or resumed; or its report when a resumed run is complete already."""
+    spec, grid = cube.spec, cube.sized.grid
     identity = {
         "fingerprint": spec.fingerprint(),
-        "imagename": imagename,
+        "imagename": spec.tclean.imagename,
         "nchan": grid.nchan,
         "channels_per_task": spec.parallel.channels_per_task,
-        "mode": mode.key,
-        "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name},  # for `status` while it runs
+        "mode": cube.mode.key,
+        # for `status` while it runs; its workers shared with the other cubes of the submission
+        "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name,
+                 **({"shared_with": list(shared_with)} if shared_with else {})},
     }
-    journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
+    journal = Journal.resume(cube.run_dir, identity) if resume else Journal.create(cube.run_dir, identity)
     journal.driver_started()
-    if resume and (run_dir / "report.json").exists():
-        previous = json.loads((run_dir / "report.json").read_text())
-        if previous.get("status") == "complete":
-            console.print(f"hpc_imager: {imagename} is already complete ({run_dir / 'report.json'})")
-            return previous
-    (run_dir / "logs").mkdir(exist_ok=True)
+    previous = _complete_report(cube.run_dir) if resume else None
+    if previous:
+        console.print(f"hpc_imager: {spec.tclean.imagename} is already complete ({cube.run_dir / 'report.json'})")
+        return previous
+    (cube.run_dir / "logs").mkdir(exist_ok=True)
+    return journal
+
+
+def _complete_report(run_dir: Path) -> dict | None:
+    """The report of a run that is complete already (``--resume`` images nothing of it)."""
+    path = run_dir / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    return report if report.get("status") == "complete" else None
+
+
+def _send_logs_to(run_dir: Path, by_thread: bool = False) -> None:
     send_dask_logs_to(open(run_dir / "logs" / "driver.dask.log", "a", buffering=1))
-    send_module_logs_to(run_dir / "logs" / "driver.log")
-    log.info("%s: %d channels in %d chunks of %d, mode %s, site %s", imagename, grid.nchan, len(chunks),
-             spec.parallel.channels_per_task, mode.key, site.name)
-    with casa_messages_to(run_dir / "logs" / "driver.casa.log"):
-        run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, None)
-        return _image(run, mode, sized, compare_serial)
+    send_module_logs_to(run_dir / "logs" / "driver.log", by_thread=by_thread)
+
+
+def _run_context(cube: _Cube, site: SiteProfile, journal: Journal, console: Console) -> RunContext:
+    sized = cube.sized
+    log.info("%s: %d channels in %d chunks of %d, mode %s, site %s", cube.spec.tclean.imagename, sized.grid.nchan,
+             len(sized.chunks), cube.spec.parallel.channels_per_task, cube.mode.key, site.name)
+    return RunContext(cube.spec, site, backend_for(site), cube.run_dir, journal, console, sized.grid, sized.chunks,
+                      None)
 
 
 def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool) -> dict:
@@ -169,7 +312,8 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
         if compare_serial:
             from ..imaging.serial_check import compare_with_serial
 
-            report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
+            with _SERIAL_TCLEAN:
+                report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
             worst = {p: f"{v['max']:.2g}" for p, v in report["serial_comparison"].items()}
             console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
         _write_report(run_dir, report)

@@ -40,11 +40,16 @@ class Journal:
         self.records: dict[int, ChunkRecord] = {}
         self.iteration_steps: list[dict] = []  # whole-cube iteration: each step every chunk finished
 
+    @staticmethod
+    def refuse_taken(run_dir: Path) -> None:
+        """Refuse a run directory that holds a run (before anything of a submission is written)."""
+        if (Path(run_dir) / "run.json").exists():
+            raise RunDirectoryError(f"run directory {run_dir} holds a run: pass --resume to continue it")
+
     @classmethod
     def create(cls, run_dir: Path, identity: dict) -> "Journal":
         journal = cls(run_dir)
-        if journal.identity_path.exists():
-            raise RunDirectoryError(f"run directory {run_dir} holds a run: pass --resume to continue it")
+        cls.refuse_taken(run_dir)
         journal.run_dir.mkdir(parents=True, exist_ok=True)  # `plan` may have made its logs/jobs folder
         _write_durably(journal.identity_path, json.dumps(identity, indent=2))
         return journal

@@ -77,7 +77,8 @@ class RunStatus:
             return 0.0
         if not done or not self.mode.eta_known:
             return None
-        parallel = self.planned_workers() or max(1, len(self.workers()))
+        # workers shared with other cubes of the submission: this cube's share, as if they all still ran
+        parallel = (self.planned_workers() or max(1, len(self.workers()))) / (1 + len(self.shared_with()))
         mean = sum(done) / len(done)
         now = now or time.time()
         # the running chunks are partly done already
@@ -122,6 +123,10 @@ class RunStatus:
     def planned_workers(self) -> int | None:
         return self.planned("workers")
 
+    def shared_with(self) -> list[str]:
+        """The run directories of the other cubes submitted with this one, on the same workers."""
+        return (self.identity.get("plan") or {}).get("shared_with", [])
+
     def as_dict(self) -> dict:
         eta = self.eta_seconds()
         return {
@@ -137,6 +142,7 @@ class RunStatus:
             "workers_seen": self.workers(),
             "planned_workers": self.planned_workers(),
             "planned_jobs": self.planned("jobs"),
+            "shared_with": self.shared_with(),
             "elapsed_seconds": (self.last_event - self.first_event) if self.first_event else 0.0,
             "eta_seconds": eta,
             "progress": self.mode.progress(self.events),
@@ -212,7 +218,8 @@ def format_status(status: RunStatus) -> str:
         f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); {d['placed']} placed in the cube",
         f"workers: {d['planned_workers'] or '?'} planned in {d['planned_jobs'] or '?'} job(s),"
         f" {len(d['workers_seen'])} have finished tasks"
-        f" ({', '.join(d['workers_seen']) or 'none yet'})",
+        f" ({', '.join(d['workers_seen']) or 'none yet'})"
+        + (f"; shared with {', '.join(d['shared_with'])}" if d["shared_with"] else ""),
         f"elapsed {_duration(d['elapsed_seconds'])}; "
         + ("finished" if status.finished else "time left about " + _duration(
             d["eta_seconds"], "no chunk finished yet" if status.mode.eta_known else "the cleaning decides its cycles")),

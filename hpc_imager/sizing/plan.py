@@ -110,6 +110,16 @@ class Plan:
                 f"{format_bytes(self.job_memory_bytes)}; walltime {self.walltime}")
 
 
+def shared_plan(plans: list[Plan]) -> Plan:
+    """One set of workers for several cubes' tasks (``submit a.toml b.toml``): sized for the largest
+    task of any of them (any worker may be handed any cube's chunk) and for all their chunks, with
+    the longest task's time for the walltime."""
+    largest = max(plans, key=lambda p: (p.worker_need_bytes, p.task_seconds or 0.0))
+    seconds = [p.task_seconds for p in plans if p.task_seconds is not None]
+    return _size(replace(largest.basis, chunks=sum(p.chunks for p in plans),
+                         task_seconds=max(seconds) if seconds else None))
+
+
 def renderable_limit(n: float) -> int:
     """The smallest memory limit ≥ ``n`` that dask-jobqueue renders exactly: it prints a worker's
     ``--memory-limit`` with dask's format_bytes (two decimals), so the limit is a hundredth of a GiB

@@ -62,8 +62,9 @@ class WholeChunks(ImagingMode):
         return Tasks(function, inputs, "imaging", done)
 
     def image(self, run: "RunContext", plan: Plan, estimate: TaskEstimate, todo: list[Chunk]) -> ModeResult:
+        # a cube sharing its submission's workers finds them sized already (for the largest task of all)
         probe = (self.probe(run, estimate, todo)
-                 if probe_wanted(run.spec, run.site, plan) and len(todo) > 1 else None)
+                 if not run.allocation and probe_wanted(run.spec, run.site, plan) and len(todo) > 1 else None)
         if probe and probe.passes:  # the probe's chunk has had its tries (and its more memory)
             todo = [c for c in todo if c != probe.chunk]
         if probe and probe.estimate:
