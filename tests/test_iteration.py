@@ -165,6 +165,25 @@ def test_automask_over_many_cycles_equals_serial_tclean_and_resumes(tmp_path, ng
     assert want.sum() > 0 and (got != want).sum() == 0, f"{(got != want).sum()} mask pixels off"
 
 
+def test_channels_whose_automasking_stopped_keep_their_mask_as_in_serial(tmp_path, ngc5921_ms, serial_tclean):
+    """minpercentchange >= 0: once the cycle threshold is the threshold, serial's deconvolver stops
+    automasking a channel whose mask changed by less than that, and skips it in every later automask.
+    Each step reads the flags it set from its CASA log; the driver hands them to the chunk's later steps,
+    which put those planes' masks back. Measured on this cube (11 major cycles): serial stops all 20
+    channels over the cycles; with the flags ignored the chunks' masks were 10 871 pixels off, the model
+    62 % of a plane's peak, 3347 iterations in 13 cycles against 3143 in 11; handed on, exact."""
+    keywords = dict(AUTOMASK_CUBE, minpercentchange=20.0, threshold="0.5mJy", niter=5000, cyclefactor=1.0)
+    chunked, summary = clean_in_chunks(tmp_path, ngc5921_ms, 4, **keywords)
+    serial, returned = serial_tclean(**keywords)
+    stopped = [json.loads(line)["step"]["automask_stopped"] for line in
+               (tmp_path / "run" / "journal.jsonl").read_text().splitlines() if '"kind": "cycle"' in line][-1]
+    assert all(channels == [0, 1, 2, 3] for channels in stopped.values()) and len(stopped) == 5, stopped
+    assert_same_cube(chunked, serial, PRODUCTS)
+    assert_same_return(summary, returned)
+    got, want = read_cube(f"{chunked}.mask")["pixels"], read_cube(f"{serial}.mask")["pixels"]
+    assert want.sum() > 0 and (got != want).sum() == 0, f"{(got != want).sum()} mask pixels off"
+
+
 def test_one_channel_chunks_of_the_default_frequency_grid_equal_serial_tclean(tmp_path, ngc5921_ms, serial_tclean):
     """All 63 channels (nchan=-1: a frequency grid on the data's channels), one chunk each, as the
     seed's reference job images them: a one-channel cube there is the cube's channel, with no guard
@@ -373,13 +392,14 @@ def test_refusals_say_why_and_what_to_use_instead():
     with pytest.raises(IterationRefused, match="'awproject'.*per-chunk"):
         cube_iteration_refusal(dict(tclean, gridder="awproject"), _chunks(4, 4))
     weighting_refusal(tclean, _chunks(4, 4), "cube")
-    automask = dict(tclean, usemask="auto-multithresh", imsize=[1024, 1024], minpercentchange=-1.0)
+    automask = dict(tclean, usemask="auto-multithresh", imsize=[1024, 1024], minpercentchange=-1.0, nsigma=0.0)
     cube_iteration_refusal(automask, _chunks(5, 5, 5, 5))  # serial automasks blocks of 10 channels at 1024²
     with pytest.raises(IterationRefused, match="blocks of 10 channels.*channels 8-11.*divides 10"):
         cube_iteration_refusal(automask, _chunks(4, 4, 4, 4))
     cube_iteration_refusal(dict(automask, imsize=[128, 128]), _chunks(4, 4, 4, 4))  # one block of 488 at 128²
-    with pytest.raises(IterationRefused, match="minpercentchange >= 0.*per-chunk"):
-        cube_iteration_refusal(dict(automask, minpercentchange=10.0), _chunks(5, 5))
+    cube_iteration_refusal(dict(automask, minpercentchange=1.0), _chunks(5, 5))  # the stop flags are handed on
+    with pytest.raises(IterationRefused, match="minpercentchange >= 0 and nsigma > 0.*per-chunk"):
+        cube_iteration_refusal(dict(automask, minpercentchange=1.0, nsigma=3.0), _chunks(5, 5))
     cube_iteration_refusal(tclean, _chunks(4, 1))  # a one-channel chunk (no guard: channel_grid)
     bwtaper = dict(tclean, weighting="briggsbwtaper")
     for iteration in ("none", "cube"):  # the whole cube's weights are handed to casatools' steps

@@ -40,13 +40,14 @@ def test_whole_cube_iteration_equals_serial(tmp_path, ngc5921_ms, serial_tclean)
 
 
 def test_the_seeds_recipe_at_small_size_equals_serial_through_the_cli(tmp_path, ngc5921_ms, serial_tclean):
-    """The seed's reference job in miniature, in the default mode: hogbom, briggsbwtaper, auto-multithresh,
-    a threshold, one data channel per plane on a frequency grid, one channel per task, cleaned over
-    several cycles by the cube's one controller on real workers; every product (the mask exactly) and
-    the controller's stop equal serial tclean's."""
+    """The seed's reference job in miniature, in the default mode: hogbom, briggsbwtaper, auto-multithresh
+    (with ALMA's minpercentchange=1: channels whose mask stops changing stop automasking), a threshold,
+    one data channel per plane on a frequency grid, one channel per task, cleaned over several cycles by
+    the cube's one controller on real workers; every product (the mask exactly) and the controller's
+    stop equal serial tclean's."""
     data = _data_channel_frequencies(ngc5921_ms)
     keywords = dict(AUTOMASK_CUBE, **BWTAPER, start=f"{data[16]!r}Hz", width=f"{data[1] - data[0]!r}Hz", nchan=12,
-                    niter=1000, cycleniter=20, threshold="0.8mJy")
+                    niter=1000, cycleniter=20, threshold="0.8mJy", minpercentchange=1.0)  # ALMA pipeline's
     cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2, "channels_per_task": 1})
     run_cli("submit", "--site", "local", cube, cwd=tmp_path, timeout=1200)
     report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
@@ -55,5 +56,8 @@ def test_the_seeds_recipe_at_small_size_equals_serial_through_the_cli(tmp_path, 
     assert returned["nmajordone"] >= 3 and returned["stopcode"] == 2, "the case must stop at the threshold after cycles"
     assert_same_cube(str(tmp_path / "cube"), serial, PRODUCTS)
     assert_same_return(report["iteration_summary"], returned)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cube.hpcrun" / "journal.jsonl").read_text().splitlines()
+             if '"iteration step"' in line and '"kind": "cycle"' in line]
+    assert any(steps[-1]["automask_stopped"].values()), "the case must stop automasking some channels"
     got, want = read_cube(str(tmp_path / "cube.mask"))["pixels"], read_cube(f"{serial}.mask")["pixels"]
     assert want.sum() > 0 and (got != want).sum() == 0, f"{(got != want).sum()} mask pixels off"

@@ -28,17 +28,18 @@ rescaled by the cube's level over the chunk's (automask multiplies the two), and
 put on the residual while ``setupmask`` runs (automask takes a residual's single beam before the
 PSF's). Measured on NGC5921 (20 channels at 160², chunks of 4): without them 15 mask pixels and one
 plane's model (12 % of its peak) differed from serial; with them none. What serial's deconvolver
-keeps between cycles and a fresh one starts without does not change the mask where cube iteration
-allows automasking: its positive-mask work image is already inside the mask it is added to, and its
-per-channel stop flags are set only for a plane whose mask came out empty (which an unchanged
-residual makes empty again) unless ``minpercentchange >= 0``, which is refused. Its iteration
-count does (the first automask does not grow the previous mask): see :func:`_count_iterations`.
+keeps between cycles and a fresh one starts without: its positive-mask work image is already inside
+the mask it is added to; its per-channel stop flags (set when a plane's mask came out empty or, with
+``minpercentchange >= 0``, changed less than that) are read from each step's CASA log and handed to
+the chunk's later steps, which put those planes' masks back after ``setupmask`` (:func:`_setupmask`);
+its iteration count (the first automask does not grow the previous mask): see :func:`_count_iterations`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -61,6 +62,10 @@ def cycle_dir(run_dir: Path, chunk: Chunk, cycle: int) -> Path:
     return chunk_dir(run_dir, chunk) / f"cycle-{cycle:04d}"
 
 
+def step_log(run_dir: Path, chunk: Chunk, cycle: int, attempt: int) -> Path:
+    return Path(run_dir) / "logs" / f"{chunk.name}.cycle-{cycle}.attempt-{attempt}.casa.log"
+
+
 @contextlib.contextmanager
 def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int | None):
     """A scratch copy of the chunk's images of cycle ``previous`` (or nothing), renamed to cycle
@@ -75,9 +80,8 @@ def _step(run_dir: Path, chunk: Chunk, cycle: int, attempt: int, previous: int |
         scratch.mkdir(parents=True)
     else:
         shutil.copytree(cycle_dir(run_dir, chunk, previous), scratch, symlinks=True)
-    logs = Path(run_dir) / "logs"
-    logs.mkdir(exist_ok=True)
-    casalog.setlogfile(str(logs / f"{chunk.name}.cycle-{cycle}.attempt-{attempt}.casa.log"))
+    step_log(run_dir, chunk, cycle, attempt).parent.mkdir(exist_ok=True)
+    casalog.setlogfile(str(step_log(run_dir, chunk, cycle, attempt)))
     casalog.showconsole(False)
     _reset_peak_rss()  # each step's peak, measured as image_chunk measures a whole chunk's
     io: dict[str, int] = {}
@@ -170,13 +174,18 @@ def _shared(records: ImagerRecords, share: AutomaskShare | None) -> ImagerRecord
     return replace(records, deconvolution=dict(records.deconvolution, sidelobethreshold=share.sidelobethreshold))
 
 
-def _setupmask(deconvolver, scratch: Path, share: AutomaskShare | None) -> None:
-    """setupmask, automasking (if at all) with the block's beam on the residual, which serial's has not."""
+def _setupmask(deconvolver, scratch: Path, share: AutomaskShare | None, stopped: frozenset[int] = frozenset(),
+               log: Path | None = None) -> list[int]:
+    """setupmask, automasking (if at all) with the block's beam on the residual, which serial's has not.
+    ``stopped``: the chunk's channels whose automasking serial's deconvolver has stopped (its per-channel
+    flag, :func:`stopped_masking`); their mask planes are put back as they were, as serial skips them.
+    Returns the channels this automask stopped (from the step's CASA ``log``)."""
     if share is None:
         deconvolver.setupmask()
-        return
+        return []
     from casatools import image
 
+    kept = _mask_planes(scratch / "part.mask", stopped)
     residual = image()
     residual.open(str(scratch / "part.residual"))
     try:
@@ -185,6 +194,46 @@ def _setupmask(deconvolver, scratch: Path, share: AutomaskShare | None) -> None:
     finally:
         residual.setrestoringbeam(remove=True)
         residual.done()
+    _put_mask_planes(scratch / "part.mask", kept)
+    return sorted(stopped_masking(log) - stopped) if log is not None else []
+
+
+def _mask_planes(mask: Path, channels: frozenset[int]) -> dict:
+    from casatools import image
+
+    if not channels:
+        return {}
+    tool = image()
+    tool.open(str(mask))
+    try:
+        nx, ny, npol, _ = tool.shape()
+        return {c: tool.getchunk(blc=[0, 0, 0, c], trc=[nx - 1, ny - 1, npol - 1, c]) for c in channels}
+    finally:
+        tool.done()
+
+
+def _put_mask_planes(mask: Path, planes: dict) -> None:
+    from casatools import image
+
+    if not planes:
+        return
+    tool = image()
+    tool.open(str(mask))
+    try:
+        for channel, pixels in planes.items():
+            tool.putchunk(pixels, blc=[0, 0, 0, channel])
+    finally:
+        tool.done()
+
+
+# What SDMaskHandler::skipChannels logs when it sets a channel's stop flag: the channel's mask came out
+# empty, or (minpercentchange >= 0, the cycle threshold at the threshold) changed by less than that.
+_STOPPED = re.compile(r"Stopping masking for chan=(\d+)")
+
+
+def stopped_masking(log: Path) -> set[int]:
+    """The channels (of the step's image) whose automasking a step's setupmask stopped, from its CASA log."""
+    return {int(m) for m in _STOPPED.findall(log.read_text())} if log.exists() else set()
 
 
 def _psf_beams(scratch: Path) -> list[list[dict]]:
@@ -238,20 +287,23 @@ def mask_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int,
         try:
             deconvolver = tools.open_deconvolver()
             deconvolver.initminorcycle()
-            _setupmask(deconvolver, scratch, share)
+            stopped = _setupmask(deconvolver, scratch, share, log=step_log(Path(run_dir), chunk, cycle, attempt))
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"init": init, "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran(),
-            **io}
+    return {"init": init, "automask_stopped": stopped, "seconds": time.time() - started,
+            "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran(), **io}
 
 
 def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int, cycle: int,
-                controls: dict, automask: dict[str, AutomaskShare] | None = None) -> dict:
+                controls: dict, automask: dict[str, AutomaskShare] | None = None,
+                stopped: dict[str, list[int]] | None = None) -> dict:
     """One minor cycle with the cube's controls, the major cycle after it (when this chunk's model
-    changed), setupmask (with the cube's share of an automask) and the next initminorcycle."""
+    changed), setupmask (with the cube's share of an automask and the channels whose automasking
+    stopped in earlier steps) and the next initminorcycle."""
     started = time.time()
     share = automask[chunk.name] if automask else None
+    stopped_before = frozenset((stopped or {}).get(chunk.name, ()))
     with _step(Path(run_dir), chunk, cycle, attempt, cycle - 1) as (scratch, io):
         tools = ImagerTools(_shared(_named(records, scratch), share))
         try:
@@ -272,12 +324,13 @@ def cycle_chunk(records: ImagerRecords, chunk: Chunk, run_dir: str, attempt: int
                 # savemodel alone, which cube.toml requires to be 'none'
                 tools.major_cycle(lastcycle=False)
                 _keep_imaging_weights(scratch)
-            _setupmask(deconvolver, scratch, share)
+            newly_stopped = _setupmask(deconvolver, scratch, share, stopped_before,
+                                       step_log(Path(run_dir), chunk, cycle, attempt))
             init = _with_mask_total(deconvolver.initminorcycle(), scratch)
         finally:
             tools.close()
-    return {"exec": _plain(executed), "init": init, "seconds": time.time() - started,
-            "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran(), **io}
+    return {"exec": _plain(executed), "init": init, "automask_stopped": newly_stopped,
+            "seconds": time.time() - started, "peak_rss_bytes": _peak_rss_bytes(), **where_it_ran(), **io}
 
 
 def _count_iterations(deconvolver, scratch: Path, controls: dict) -> None:

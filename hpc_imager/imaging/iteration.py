@@ -258,12 +258,12 @@ def automask_refusal(tclean: dict, chunks: list[Chunk]) -> None:
             f"usemask='auto-multithresh': serial tclean automasks blocks of {block} channels with one beam each,"
             f" and channels {first}-{last} span two of them; choose a"
             f" channels_per_task that divides {block}, or channels_per_task >= nchan")
-    if tclean["minpercentchange"] >= 0:
+    if tclean["minpercentchange"] >= 0 and tclean["nsigma"] > 0:
         raise IterationRefused(
-            "usemask='auto-multithresh' with minpercentchange >= 0 stops automasking a channel whose mask stopped"
-            " changing, a flag serial tclean's deconvolver keeps between cycles that no chunk can be handed; use"
-            " minpercentchange=-1, [parallel] iteration = 'per-chunk' (not equal to serial) or"
-            " channels_per_task >= nchan")
+            "usemask='auto-multithresh' with minpercentchange >= 0 and nsigma > 0: serial's deconvolver keeps the"
+            " noise of a channel whose automasking stopped from before it stopped, and its nsigma threshold"
+            " from that, which no chunk can be handed; use minpercentchange=-1, nsigma=0, [parallel] iteration ="
+            " 'per-chunk' (not equal to serial) or channels_per_task >= nchan")
 
 
 def automask_shares(tclean: dict, chunks: list[Chunk], block: int, starts: list[dict]) -> dict:
@@ -348,27 +348,34 @@ def clean_cube(tclean_params: dict, chunks: list[Chunk], nchan: int, run_dir: Pa
             cycle = done[-1]["cycle"]
             automask = {name: cycle_tasks.AutomaskShare(**share)
                         for name, share in (done[0].get("automask") or {}).items()}
+            stopped = done[-1].get("automask_stopped") or {}
         else:
             lastcycle = controller.first_major_cycle()
             started = run_step(cycle_tasks.start_chunk, arguments, lastcycle=lastcycle)
-            automask = {}
+            automask, stopped = {}, {}
             if "auto" in tclean_params["usemask"]:  # the start's setupmask, with what only the whole cube gives
                 automask = automask_shares(tclean_params, chunks, controller.block, started)
                 masked = run_step(cycle_tasks.mask_chunk, arguments, cycle=0, automask=automask)
                 started = [{"init": [start["init"][0], mask["init"]]} for start, mask in zip(started, masked)]
+                stopped = {chunk.name: mask["automask_stopped"] for chunk, mask in zip(chunks, masked)}
             converged = controller.started(started)
             cycle = 0
             journal.iteration_step({"kind": "start", "cycle": 0, "converged": converged,
                                     "records": controller.events[-1], "progress": controller.progress(),
-                                    "automask": {name: asdict(share) for name, share in automask.items()}})
+                                    "automask": {name: asdict(share) for name, share in automask.items()},
+                                    "automask_stopped": stopped})
         on_cycle(dict(controller.progress(), cycle=cycle))
         while not converged:
             controls = controller.controls()
             cycle += 1
-            converged = controller.cycled(run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls,
-                                                   automask=automask))
+            cycled = run_step(cycle_tasks.cycle_chunk, arguments, cycle=cycle, controls=controls, automask=automask,
+                              stopped=stopped)
+            converged = controller.cycled(cycled)
+            stopped = {chunk.name: sorted({*stopped.get(chunk.name, ()), *result.get("automask_stopped", ())})
+                       for chunk, result in zip(chunks, cycled)} if automask else {}
             journal.iteration_step({"kind": "cycle", "cycle": cycle, "converged": converged,
-                                    "records": controller.events[-1], "progress": controller.progress()})
+                                    "records": controller.events[-1], "progress": controller.progress(),
+                                    "automask_stopped": stopped})
             for chunk in chunks:  # the step is journalled: the cycle before it is not needed to resume
                 shutil.rmtree(cycle_tasks.cycle_dir(run_dir, chunk, cycle - 1), ignore_errors=True)
             on_cycle(dict(controller.progress(), cycle=cycle))
