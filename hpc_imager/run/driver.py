@@ -27,8 +27,9 @@ from ..inputs.site_profile import SiteProfile
 from ..sizing.cube_sizing import SizedCube, size_cube
 from ..sizing.disk import check_disk, read_amplification, read_warning
 from ..sizing.estimate import GIB, TaskEstimate, memory_surprise
+from ..sizing.plan import AssemblyChoice, choose_assembly
 from .channel_records import channel_records
-from .concat import CubeAssembly, export_fits, final_products
+from .concat import CubeAssembly, VirtualAssembly, export_fits, final_products, wants_common_beam
 from .context import RunContext
 from .journal import Journal, RunDirectoryError
 from ..logs import casa_messages_to, send_dask_logs_to, send_module_logs_to
@@ -67,6 +68,7 @@ def image_cube(
     mode = mode_for(spec.iteration)()
     weighting_refusal(spec.tclean.model_dump(), chunks, spec.iteration)
     mode.refuse(spec.tclean.model_dump(), chunks, grid)
+    assembly = _assembly(spec, site, sized, run_dir, resume)
     identity = {
         "fingerprint": spec.fingerprint(),
         "imagename": imagename,
@@ -74,6 +76,7 @@ def image_cube(
         "channels_per_task": spec.parallel.channels_per_task,
         "mode": mode.key,
         "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name},  # for `status` while it runs
+        "assembly": assembly.kind,  # kept by --resume: a run's parts are assembled one way
     }
     journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
     journal.driver_started()
@@ -85,20 +88,37 @@ def image_cube(
     (run_dir / "logs").mkdir(exist_ok=True)
     send_dask_logs_to(open(run_dir / "logs" / "driver.dask.log", "a", buffering=1))
     send_module_logs_to(run_dir / "logs" / "driver.log")
-    log.info("%s: %d channels in %d chunks of %d, mode %s, site %s", imagename, grid.nchan, len(chunks),
-             spec.parallel.channels_per_task, mode.key, site.name)
+    log.info("%s: %d channels in %d chunks of %d, mode %s, site %s; %s assembly: %s", imagename, grid.nchan,
+             len(chunks), spec.parallel.channels_per_task, mode.key, site.name, assembly.kind, assembly.reason)
     with casa_messages_to(run_dir / "logs" / "driver.casa.log"):
         run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, None)
-        return _image(run, mode, sized, compare_serial)
+        return _image(run, mode, sized, compare_serial, assembly)
 
 
-def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool) -> dict:
+def _assembly(spec: CubeSpec, site: SiteProfile, sized: SizedCube, run_dir: Path, resume: bool) -> AssemblyChoice:
+    """The plan's choice of assembly (``[run] assembly``, else the site's, else ``auto``); a resumed
+    run keeps the one it started with (run.json), whatever its plan says now."""
+    asked = spec.run.assembly if spec.run.assembly != "auto" else site.assembly
+    tclean = spec.tclean.model_dump()
+    choice = choose_assembly(sized.plan, asked, common_beam=wants_common_beam(tclean),
+                             tabular_axis=sized.grid.tabular_axis is not None)
+    started = json.loads((run_dir / "run.json").read_text()).get("assembly") if resume and (run_dir / "run.json").exists() else None
+    if started and started != choice.kind:
+        return choose_assembly(sized.plan, started, common_beam=wants_common_beam(tclean),
+                               tabular_axis=sized.grid.tabular_axis is not None)
+    return choice
+
+
+def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool, choice: AssemblyChoice) -> dict:
     """Image the run's chunks in ``mode``, assemble the cube, write report.json and report.png."""
     spec, grid, chunks, plan, journal, run_dir, console = (run.spec, run.grid, run.chunks, sized.plan, run.journal,
                                                            run.run_dir, run.console)
     imagename = spec.tclean.imagename
-    run.assembly = assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis,
-                            placed={c.index for c in chunks if journal.record(c.index).placed})
+    if choice.kind == "virtual":
+        run.assembly = assembly = VirtualAssembly(run_dir, chunks, spec.tclean.model_dump())
+    else:
+        run.assembly = assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis,
+                                               placed={c.index for c in chunks if journal.record(c.index).placed})
     try:  # the placing thread stops before the interpreter does, whatever ends the run
         todo = mode.todo(run)
         for chunk in set(chunks) - set(todo):
@@ -111,7 +131,8 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             log.warning(caveat)
         console.print(
             f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
-            f" ({len(chunks) - len(todo)} already done; {mode.title}); run directory {run_dir}; {sized.disk.summary()}"
+            f" ({len(chunks) - len(todo)} already done; {mode.title}; {choice.kind} assembly); run directory {run_dir};"
+            f" {sized.disk.summary()}"
         )
         started = time.time()
         result = mode.image(run, plan, sized.estimate, todo)
@@ -146,6 +167,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             "failures": passes.failures,
             "iteration": spec.iteration,
             "cube_weights_seconds": cube_weights_seconds,
+            "assembly": choice.as_dict(),
             **result.report,
         }
         if lost:
@@ -174,14 +196,16 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
         _write_report(run_dir, report)
         _draw_report(run_dir, console)
-        if not spec.run.keep_parts:
+        if not spec.run.keep_parts and assembly.kind == "placed":
             shutil.rmtree(run_dir / "parts")
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
         shutil.rmtree(run_dir / CUBE_WEIGHTS, ignore_errors=True)
         if read_warning(reads):
             console.print(f"hpc_imager: {read_warning(reads)}")
         console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}"
-                      + "".join(f", {fits}" for fits in report.get("fits", [])))
+                      + "".join(f", {fits}" for fits in report.get("fits", []))
+                      + (f" (virtual: they read the parts in {run_dir / 'parts'}, which are kept; keep the run"
+                         " directory where it is)" if assembly.kind == "virtual" else ""))
         log.info("complete: %s", report["concat"]["products"])
         return report
     finally:
