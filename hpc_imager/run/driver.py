@@ -27,9 +27,9 @@ from ..inputs.site_profile import SiteProfile
 from ..sizing.cube_sizing import SizedCube, size_cube
 from ..sizing.disk import check_disk, read_amplification, read_warning
 from ..sizing.estimate import GIB, TaskEstimate, memory_surprise
-from ..sizing.plan import AssemblyChoice, choose_assembly
+from ..sizing.plan import AssemblyChoice
 from .channel_records import channel_records
-from .concat import CubeAssembly, VirtualAssembly, export_fits, final_products, wants_common_beam
+from .concat import CubeAssembly, VirtualAssembly, export_fits, final_products
 from .context import RunContext
 from .journal import Journal, RunDirectoryError
 from ..logs import casa_messages_to, send_dask_logs_to, send_module_logs_to
@@ -68,7 +68,8 @@ def image_cube(
     mode = mode_for(spec.iteration)()
     weighting_refusal(spec.tclean.model_dump(), chunks, spec.iteration)
     mode.refuse(spec.tclean.model_dump(), chunks, grid)
-    assembly = _assembly(spec, site, sized, run_dir, resume)
+    choice = sized.assembly(json.loads((run_dir / "run.json").read_text()).get("assembly")
+                            if resume and (run_dir / "run.json").exists() else None)
     identity = {
         "fingerprint": spec.fingerprint(),
         "imagename": imagename,
@@ -76,7 +77,7 @@ def image_cube(
         "channels_per_task": spec.parallel.channels_per_task,
         "mode": mode.key,
         "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name},  # for `status` while it runs
-        "assembly": assembly.kind,  # kept by --resume: a run's parts are assembled one way
+        "assembly": choice.kind,  # kept by --resume: a run's parts are assembled one way
     }
     journal = Journal.resume(run_dir, identity) if resume else Journal.create(run_dir, identity)
     journal.driver_started()
@@ -89,24 +90,10 @@ def image_cube(
     send_dask_logs_to(open(run_dir / "logs" / "driver.dask.log", "a", buffering=1))
     send_module_logs_to(run_dir / "logs" / "driver.log")
     log.info("%s: %d channels in %d chunks of %d, mode %s, site %s; %s assembly: %s", imagename, grid.nchan,
-             len(chunks), spec.parallel.channels_per_task, mode.key, site.name, assembly.kind, assembly.reason)
+             len(chunks), spec.parallel.channels_per_task, mode.key, site.name, choice.kind, choice.reason)
     with casa_messages_to(run_dir / "logs" / "driver.casa.log"):
         run = RunContext(spec, site, backend_for(site), run_dir, journal, console, grid, chunks, None)
-        return _image(run, mode, sized, compare_serial, assembly)
-
-
-def _assembly(spec: CubeSpec, site: SiteProfile, sized: SizedCube, run_dir: Path, resume: bool) -> AssemblyChoice:
-    """The plan's choice of assembly (``[run] assembly``, else the site's, else ``auto``); a resumed
-    run keeps the one it started with (run.json), whatever its plan says now."""
-    asked = spec.run.assembly if spec.run.assembly != "auto" else site.assembly
-    tclean = spec.tclean.model_dump()
-    choice = choose_assembly(sized.plan, asked, common_beam=wants_common_beam(tclean),
-                             tabular_axis=sized.grid.tabular_axis is not None)
-    started = json.loads((run_dir / "run.json").read_text()).get("assembly") if resume and (run_dir / "run.json").exists() else None
-    if started and started != choice.kind:
-        return choose_assembly(sized.plan, started, common_beam=wants_common_beam(tclean),
-                               tabular_axis=sized.grid.tabular_axis is not None)
-    return choice
+        return _image(run, mode, sized, compare_serial, choice)
 
 
 def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool, choice: AssemblyChoice) -> dict:

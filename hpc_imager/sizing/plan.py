@@ -215,9 +215,11 @@ def _walltime(basis: PlanBasis, workers: int) -> str:
 # workers × (full-size products × 4 bytes × pixels × channels) / task seconds; where that comes near
 # what the one thread places, placing becomes the run's critical path and the run assembles instead
 # with CASA's virtual concatenation after the last chunk (seconds, whatever the workers).
-PLACING_BYTES_PER_SECOND = 160e6
-PLACING_SHARE = 0.5  # switch once the workers would keep the placing thread busier than this
-FULL_SIZE_PRODUCTS = 5  # image, residual, model, psf, pb (sumwt is one pixel a plane)
+PLACING_BYTES_PER_SECOND = 160e6  # the thread's wall rate, 1024² parts, load 3 (457 MB/s per CPU second)
+# Switch once the workers would keep the placing thread busier than this: its rate fell to 46 MB/s
+# at load 6-8 here (the driver shares its node), and the virtual assembly costs seconds.
+PLACING_SHARE = 0.5
+FULL_SIZE_PRODUCTS = 6  # image, residual, model, psf, pb, mask (sumwt is one pixel a plane); without a mask, overstated
 # Where no calibration or probe gave a task's seconds: the fastest imaging measured here (NGC5921
 # 1024², niter 0, 8 channels a task: 53.6 s of tasks for 63 × 1024² channel-pixels), so the
 # workers' rate is overstated rather than missed.
@@ -245,7 +247,9 @@ def choose_assembly(plan: Plan, asked: str = "auto", *, common_beam: bool = Fals
     basis = plan.basis
     seconds = basis.task_seconds or FASTEST_SECONDS_PER_CHANNEL_PIXEL * basis.pixels * basis.channels_per_task
     produced = plan.workers * FULL_SIZE_PRODUCTS * 4 * basis.pixels * basis.channels_per_task / seconds
-    rate = f"{plan.workers} workers produce {format_bytes(produced)}/s of product; one thread places {format_bytes(PLACING_BYTES_PER_SECOND)}/s"
+    share = "over" if produced > PLACING_SHARE * PLACING_BYTES_PER_SECOND else "under"
+    rate = (f"{plan.workers} workers produce {format_bytes(produced)}/s of product, {share} {PLACING_SHARE:.0%} of the"
+            f" {format_bytes(PLACING_BYTES_PER_SECOND)}/s one placing thread places")
     cannot = "restoringbeam='common'" if common_beam else "a tabular spectral axis" if tabular_axis else None
     if asked == "virtual" and cannot:
         raise PlanRefused(f"assembly = 'virtual' cannot make a cube with {cannot}: use assembly = 'placed' or 'auto'")
