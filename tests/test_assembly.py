@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,30 @@ def test_a_virtual_assembly_run_killed_with_sigkill_resumes_to_the_serial_cube(t
     report = json.loads((run_dir / "report.json").read_text())
     assert report["concat"]["assembly"] == "virtual" and sorted(p.name for p in (run_dir / "parts").iterdir()) == [
         f"chunk-{i:05d}" for i in range(10)], "the parts are the cube's pixels: kept"
+    _virtual_products(tmp_path / "cube", run_dir)
+    assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
+                     products=("image", "residual", "psf", "pb", "sumwt", "model"))
+
+
+def test_a_virtual_finish_interrupted_after_some_products_were_moved_into_place_is_finished_by_resume(
+        tmp_path, ngc5921_ms, serial_reference):
+    tclean = {"nchan": 20}
+    cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 4, "workers": 2})
+    cube.write_text(cube.read_text() + '\n[run]\nassembly = "virtual"\n')
+    run_dir = tmp_path / "cube.hpcrun"
+    run_cli("submit", cube)
+    # what a driver killed while moving the products into place leaves: some moved, no report
+    (run_dir / "report.json").unlink()
+    shutil.rmtree(tmp_path / "cube.psf")
+    shutil.rmtree(tmp_path / "cube.residual")
+    kept = (tmp_path / "cube.image" / "imageconcat.json").stat().st_mtime_ns
+    before = len(_events(run_dir))
+
+    run_cli("submit", cube, "--resume")
+
+    assert not any(e["event"] == "submitted" for e in _events(run_dir)[before:]), "nothing is imaged again"
+    assert (tmp_path / "cube.image" / "imageconcat.json").stat().st_mtime_ns == kept, "a product in place is kept"
+    assert json.loads((run_dir / "report.json").read_text())["status"] == "complete"
     _virtual_products(tmp_path / "cube", run_dir)
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
                      products=("image", "residual", "psf", "pb", "sumwt", "model"))
