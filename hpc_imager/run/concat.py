@@ -483,6 +483,7 @@ class VirtualAssembly:
         clashes = [f"{self.imagename}.{p}" for p in todo if Path(f"{self.imagename}.{p}").exists()]
         if clashes:
             raise ConcatError(f"will not overwrite {', '.join(clashes)}; the assembled cubes wait in {self.staging}")
+        _fsync_tree(self.staging)  # report.json will say complete
         for product in todo:
             shutil.move(f"{self.staged_name}.{product}", f"{self.imagename}.{product}")
         shutil.rmtree(self.staging, ignore_errors=True)
