@@ -3,11 +3,14 @@
 ``measure RUN_DIR ...`` takes finished runs made with ``keep_parts = true`` and assembles their parts
 again both ways in a scratch folder, one after the other in this process: the placed assembly
 (``concat.CubeAssembly``: its thread's CPU seconds, its wall seconds, what it hands to write()) and
-the virtual one (``concat.VirtualAssembly``). ``model [MEASURED.json]`` prints the reference cube
+the virtual one (``concat.VirtualAssembly``). ``virtual N ...``: the virtual concatenation of N one-channel parts.
+``model PLACING.json VIRTUAL.json`` prints the reference cube
 (8000² × 7677 channels, one channel a task) on 12, 100 and 1000 workers as a markdown table.
 
-    .venv/bin/python benchmarks/scale_model.py measure /tmp/x/cube.hpcrun ... > results/placing.json
-    .venv/bin/python benchmarks/scale_model.py model benchmarks/results/placing-2026-12-02.json
+    .venv/bin/python benchmarks/scale_model.py measure /tmp/x/cube.hpcrun ... > benchmarks/results/placing-....json
+    .venv/bin/python benchmarks/scale_model.py virtual 250 1000 4000 7677 > benchmarks/results/virtual-parts-....json
+    .venv/bin/python benchmarks/scale_model.py model benchmarks/results/placing-2026-12-02T2020.json \
+        benchmarks/results/virtual-parts-2026-12-02T2050.json
 """
 
 from __future__ import annotations
@@ -89,23 +92,64 @@ def measure(run_dirs: list[str]) -> dict:
             "runs": rows}
 
 
-def model(measured: dict) -> str:
+def virtual_many(counts: list[int]) -> list[dict]:
+    """imageconcat (nomovevirtual) of ``n`` one-channel 16² images with contiguous frequencies: its
+    cost per part as the parts grow towards the reference cube's 7677, and what opening the virtual
+    cube and reading one spectrum (every part opened: ``tempclose``) then costs."""
+    from hpc_imager.imaging import casa_setup
+
+    casa_setup.configure_offline()
+    from casatools import image
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="assembly-virtual-") as scratch:
+        template = image()
+        template.fromshape(f"{scratch}/template", [16, 16, 1, 1])
+        record = template.coordsys().torecord()
+        template.done()
+        spectral = next(k for k in record if k.startswith("spectral"))
+        first, step = record[spectral]["wcs"]["crval"], record[spectral]["wcs"]["cdelt"]
+        for n in counts:
+            infiles = [f"{scratch}/{n}/chunk-{i:05d}" for i in range(n)]
+            os.makedirs(f"{scratch}/{n}")
+            for i, name in enumerate(infiles):
+                record[spectral]["wcs"]["crval"] = first + i * step
+                part = image()
+                part.fromshape(name, [16, 16, 1, 1], csys=record)
+                part.done()
+            started, cpu = time.time(), time.process_time()
+            image().imageconcat(outfile=f"{scratch}/{n}.concat", infiles=infiles, axis=-1, relax=False,
+                                tempclose=True, overwrite=False, mode="nomovevirtual").done()
+            row = {"parts": n, "concat_wall": time.time() - started, "concat_cpu": time.process_time() - cpu,
+                   "load": os.getloadavg()[0]}
+            started = time.time()
+            cube = image()
+            cube.open(f"{scratch}/{n}.concat")
+            cube.getchunk(blc=[8, 8, 0, 0], trc=[8, 8, 0, n - 1])
+            cube.done()
+            rows.append(row | {"open_and_read_one_spectrum": time.time() - started})
+    return rows
+
+
+def model(measured: dict, virtual: list[dict]) -> str:
     """The reference cube's imaging and assembly times, hours, as a markdown table. The placing rate is
     the thread's wall rate on the largest parts measured (per-part costs shrink with the part: 8000²
-    one-channel parts are 256 MB a product), the virtual one's cost per part and product the largest
-    measured."""
+    one-channel parts are 256 MB a product); the virtual tail is the wall time of the concatenation
+    of the most parts measured (``virtual``), scaled to the cube's channels, once per product."""
     from hpc_imager.sizing.plan import FULL_SIZE_PRODUCTS, PLACING_BYTES_PER_SECOND, PLACING_SHARE
 
     largest = max(measured["runs"], key=lambda r: r["placed"]["product_bytes"])
     wall_rate, cpu_rate = largest["placing_bytes_per_wall_second"], largest["placing_bytes_per_cpu_second"]
-    virtual_per_part = max(r["virtual_seconds_per_part_product"] for r in measured["runs"])
+    most = max(virtual, key=lambda r: r["parts"])
+    virtual_per_part = most["concat_wall"] / most["parts"]
     product_bytes = REFERENCE["pixels"] * REFERENCE["channels"] * FULL_SIZE_PRODUCTS * REFERENCE["bytes_per_pixel"]
     placing_h, placing_cpu_h = product_bytes / wall_rate / 3600, product_bytes / cpu_rate / 3600
     virtual_h = REFERENCE["channels"] * FULL_SIZE_PRODUCTS * virtual_per_part / 3600
     lines = [f"Products {product_bytes / 1e12:.1f} TB. One placing thread: {wall_rate / 1e6:.0f} MB/s of product"
              f" ({cpu_rate / 1e6:.0f} MB/s per CPU second) → {placing_h:.1f} h ({placing_cpu_h:.1f} h of CPU),"
              f" writing {product_bytes * largest['written_per_product_byte'] / 1e12:.0f} TB. Virtual concatenation:"
-             f" {virtual_per_part * 1e3:.1f} ms per part and product → {virtual_h * 3600:.0f} s after the last chunk.",
+             f" {most['concat_wall']:.0f} s for {most['parts']} parts (load {most['load']:.0f}) → {virtual_h * 3600:.0f} s"
+             " after the last chunk, one product after another.",
              "",
              "| one task (one channel) | workers | imaging | placing / imaging | run, placed | run, virtual | auto picks |",
              "|---|---|---|---|---|---|---|"]
@@ -123,7 +167,9 @@ def model(measured: dict) -> str:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["measure"]:
         print(json.dumps(measure(sys.argv[2:]), indent=2))
+    elif sys.argv[1:2] == ["virtual"]:
+        print(json.dumps(virtual_many([int(n) for n in sys.argv[2:]]), indent=2))
     elif sys.argv[1:2] == ["model"]:
-        print(model(json.loads(Path(sys.argv[2]).read_text())))
+        print(model(json.loads(Path(sys.argv[2]).read_text()), json.loads(Path(sys.argv[3]).read_text())))
     else:
         sys.exit(__doc__)

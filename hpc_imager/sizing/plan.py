@@ -211,7 +211,7 @@ def _walltime(basis: PlanBasis, workers: int) -> str:
 
 # The final cube's assembly (run/concat.py). One driver thread places every part: measured here
 # (benchmarks/scale_model.py measure, NGC5921 parts of 256² and 1024², docs/benchmarks.md) it places
-# PLACING_BYTES_PER_SECOND of product per second of its CPU. Workers produce product bytes at
+# PLACING_BYTES_PER_SECOND of product per second of its time (its CPU and its waits for the disk). Workers produce product bytes at
 # workers × (full-size products × 4 bytes × pixels × channels) / task seconds; where that comes near
 # what the one thread places, placing becomes the run's critical path and the run assembles instead
 # with CASA's virtual concatenation after the last chunk (seconds, whatever the workers).
@@ -224,7 +224,6 @@ FULL_SIZE_PRODUCTS = 6  # image, residual, model, psf, pb, mask (sumwt is one pi
 # 1024², niter 0, 8 channels a task: 53.6 s of tasks for 63 × 1024² channel-pixels), so the
 # workers' rate is overstated rather than missed.
 FASTEST_SECONDS_PER_CHANNEL_PIXEL = 8.1e-7
-ASSEMBLIES = ("auto", "placed", "virtual")
 
 
 @dataclass(frozen=True)
@@ -243,7 +242,8 @@ def choose_assembly(plan: Plan, asked: str = "auto", *, common_beam: bool = Fals
     """How the final cube is assembled: ``asked`` (``[run] assembly`` or the site's), or with
     ``auto`` the placed assembly unless the plan's workers would produce product bytes faster than
     ``PLACING_SHARE`` of what one placing thread places. The virtual one cannot restore a common beam
-    (tclean opens the whole cube's images as paged images) nor give the cube serial's tabular axis."""
+    (tclean opens the whole cube's images as paged images); nor does it write serial's tabular axis
+    into the cube as the placed one does (the parts' own axes are concatenated: not tried)."""
     basis = plan.basis
     seconds = basis.task_seconds or FASTEST_SECONDS_PER_CHANNEL_PIXEL * basis.pixels * basis.channels_per_task
     produced = plan.workers * FULL_SIZE_PRODUCTS * 4 * basis.pixels * basis.channels_per_task / seconds
