@@ -175,11 +175,14 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     disk = sized.disk
     check_disk(disk, sized.spec, profile)
     script = backend_for(profile).job_script(the_plan, profile, sized.spec.run_directory)
+    assembly = sized.assembly()
     if as_json:
-        click.echo(json.dumps(the_plan.as_dict() | {"disk": disk.as_dict(), "job_script": script}, indent=2))
+        click.echo(json.dumps(the_plan.as_dict() | {"disk": disk.as_dict(), "assembly": assembly.as_dict(),
+                                                    "job_script": script}, indent=2))
     else:
         click.echo(the_plan.summary())
         click.echo(disk.summary())
+        click.echo(f"assembly: {assembly.kind} ({assembly.reason})")
         if script:
             click.echo(script)
 

@@ -296,3 +296,25 @@ def test_a_local_site_plans_one_machine_and_refuses_more_jobs():
     assert site("slurm", "dedicated").max_jobs == 100
     with pytest.raises(ValueError, match="max_jobs: a 'local' site runs on this one machine"):
         site("local", "dedicated", max_jobs=4)
+
+
+def test_the_assembly_switches_to_virtual_where_one_placing_thread_would_be_the_critical_path():
+    from hpc_imager.sizing.plan import choose_assembly
+
+    reference = {"imsize": [8000, 8000]}  # the seed's cube: one channel a task of 208 s (CASA Memo 13)
+    big = site("slurm", "dedicated")
+
+    def plan(workers, seconds=208.0):
+        estimate = TaskEstimate(2.0, seconds, 8000 * 8000, 1, "default", {})
+        return make_plan(spec(workers=workers, channels_per_task=1, **reference), big, estimate, 7677)
+
+    few, many = choose_assembly(plan(2)), choose_assembly(plan(1000))
+    assert (few.kind, many.kind) == ("placed", "virtual")
+    assert many.produced_bytes_per_second > many.placing_bytes_per_second > few.produced_bytes_per_second
+    assert "critical path" in many.reason and "keeps up" in few.reason
+    assert choose_assembly(plan(2, seconds=None)).kind == "placed"  # the fastest measured imaging: still 2 workers' worth
+    assert choose_assembly(plan(1000), "placed").kind == "placed"  # [run] or the site forces either
+    assert choose_assembly(plan(2), "virtual").kind == "virtual"
+    assert choose_assembly(plan(1000), common_beam=True).kind == "placed"  # tclean's restore needs paged images
+    with pytest.raises(PlanRefused, match="restoringbeam='common'"):
+        choose_assembly(plan(2), "virtual", common_beam=True)

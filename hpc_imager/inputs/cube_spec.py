@@ -224,6 +224,7 @@ class RunParams(BaseModel):
     directory: Annotated[Optional[str], Field(description="Run directory; default: '<imagename>.hpcrun'. Relative to cube.toml.")] = None
     keep_parts: Annotated[bool, Field(description="Keep the per-chunk images after the final cubes are assembled.")] = False
     fits: Annotated[bool, Field(description="Also write the final image (and image.pbcor, when made) as FITS files, '<imagename>.image.fits', with CASA's exportfits once the cube is assembled; the CASA images stay.")] = False
+    assembly: Annotated[Literal["auto", "placed", "virtual"], Field(description="How the final cube is assembled: 'placed' copies each part into the products while the chunks are imaged (one driver thread); 'virtual' makes each product CASA's virtual concatenation of the parts after the last chunk (nothing copied; the parts are kept in the run directory, which must stay where it is; not with restoringbeam='common'); 'auto' (default): the site's choice, else 'virtual' where the workers would produce product bytes faster than one thread places them (docs/benchmarks.md).")] = "auto"
     allow_blank_channels: Annotated[bool, Field(description="Image output channels that lie outside the selected data (tclean makes them blank planes) instead of refusing the cube.")] = False
 
     @field_validator("directory")

@@ -89,6 +89,7 @@ class SiteProfile(BaseModel):
     virtual_memory_overhead: Annotated[str, Field(description="Address space a worker maps beyond its resident memory (libraries, thread arenas); SGE's h_vmem limits address space.")] = "2GiB"
     walltime_default: Annotated[str, Field(description="Walltime of a job when no calibration says better.")] = "04:00:00"
     walltime_max: Annotated[str, Field(description="The longest walltime the queue allows.")] = "24:00:00"
+    assembly: Annotated[Literal["auto", "placed", "virtual"], Field(description="The final cube's assembly for this site's runs, as [run] assembly (which wins when not 'auto'); e.g. 'virtual' where the driver's file system is slow to write.")] = "auto"
     max_jobs: Annotated[int, Field(ge=1, description="Most jobs one run may have queued or running at once (local: 1, this machine).")] = 100
     worker_wait: Annotated[str, Field(description="How long to wait for the first worker (queue time) before giving up.")] = "04:00:00"
     job_directives: Annotated[list[str], Field(description="Extra scheduler directives, e.g. '--constraint=ib' (without '#SBATCH').")] = []

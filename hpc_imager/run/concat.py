@@ -11,6 +11,10 @@ after the last chunk is renaming the staged products into place, and, with
 ``restoringbeam='common'``, tclean's restore over the whole cube (the chunks were restored per
 plane), so the common beam is the one serial tclean would pick from all channels. A failure
 leaves no half-made final product and deletes no part.
+
+Where the workers would produce product bytes faster than this one placing thread keeps up with
+(``sizing.plan.choose_assembly``), the run uses ``VirtualAssembly`` instead: CASA's virtual
+concatenation of the kept parts after the last chunk.
 """
 
 from __future__ import annotations
@@ -148,6 +152,8 @@ def _restore_with_common_beam(staged_name: str, tclean_params: dict) -> None:
 
 class CubeAssembly:
     """The final products, filled in part by part while the chunks are imaged (see the module docstring)."""
+
+    kind = "placed"
 
     def __init__(self, run_dir: Path, chunks: list[Chunk], tclean_params: dict, tabular_axis: dict | None,
                  placed: set[int]):
@@ -412,10 +418,86 @@ class CubeAssembly:
         made = [p for p in PRODUCTS if Path(f"{imagename}.{p}").exists()]
         shutil.rmtree(self.staging, ignore_errors=True)
         return {
+            "assembly": self.kind,
             "placing_seconds": self.seconds,
             "placing_cpu_seconds": round(self.cpu_seconds, 3),
             "concat_bytes_written": self.bytes_written,
             "concat_seconds": time.time() - started,  # what remained after the last chunk
             "product_bytes": sum(_dir_bytes(Path(f"{imagename}.{p}")) for p in made),
             "products": made,
+        }
+
+
+class VirtualAssembly:
+    """The cube as CASA's virtual concatenation of the parts (``imageconcat`` mode ``nomovevirtual``),
+    made after the last chunk: each product is a folder holding only ``imageconcat.json``, which names
+    the parts in ``<run>/parts`` by their absolute paths, so the parts are kept (whatever
+    ``keep_parts`` says) and the run directory must stay where it is. Nothing is copied or
+    zero-filled: 6 products of 8 parts of 1024² × 63 took 0.6 s here, 0.2 s of CPU (one thread
+    placing them: 8.2 s, 3.0 s of CPU, 3.6 GB written). Its pixels are the parts' (tested equal to serial).
+    ``movevirtual`` would move the parts into each product, but by their base names: every part is
+    ``part.<product>``, and all but one were lost (tried on CASA 6.7.0.31)."""
+
+    kind = "virtual"
+
+    def __init__(self, run_dir: Path, chunks: list[Chunk], tclean_params: dict):
+        self.run_dir = Path(run_dir)
+        self.chunks = sorted(chunks, key=lambda c: c.first)
+        self.imagename = tclean_params["imagename"]
+        self.staging = self.run_dir / "assembled"
+        self.staged_name = self.staging / Path(self.imagename).name
+
+    def arrived(self, chunk: Chunk) -> None:
+        pass  # parts stay where the workers put them
+
+    def place_waiting(self, on_placed) -> None:
+        pass
+
+    def wait_placed(self, on_placed) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _ours(self, product: str) -> bool:
+        """A final product an interrupted finish already moved into place: a virtual cube of our parts."""
+        made = Path(f"{self.imagename}.{product}") / "imageconcat.json"
+        return made.is_file() and str(self.run_dir / "parts") in made.read_text()
+
+    def finish(self, on_placed) -> dict:
+        from casatools import image
+
+        started, cpu_before, io_before = time.time(), time.thread_time(), thread_io_chars()
+        missing = [c.index for c in self.chunks if not part_path(self.run_dir, c).is_dir()]
+        if missing:
+            raise ConcatError(f"cannot finish the cube: {len(missing)} parts missing from {self.run_dir / 'parts'}"
+                              f" (chunks {', '.join(map(str, missing[:10]))})")
+        first = part_path(self.run_dir, self.chunks[0])
+        products = [p for p in PRODUCTS if (first / f"part.{p}").is_dir()]
+        shutil.rmtree(self.staging, ignore_errors=True)  # references only, from an interrupted finish
+        self.staging.mkdir(parents=True)
+        todo = [p for p in products if not self._ours(p)]
+        for product in todo:
+            infiles = [str(part_path(self.run_dir, c) / f"part.{product}") for c in self.chunks]
+            try:
+                image().imageconcat(outfile=f"{self.staged_name}.{product}", infiles=infiles, axis=-1,
+                                    relax=False, tempclose=True, overwrite=False, mode="nomovevirtual").done()
+            except Exception as error:
+                raise ConcatError(f"cannot concatenate the parts of .{product}: {str(error).splitlines()[0]}")
+        clashes = [f"{self.imagename}.{p}" for p in todo if Path(f"{self.imagename}.{p}").exists()]
+        if clashes:
+            raise ConcatError(f"will not overwrite {', '.join(clashes)}; the assembled cubes wait in {self.staging}")
+        _fsync_tree(self.staging)  # report.json will say complete
+        for product in todo:
+            shutil.move(f"{self.staged_name}.{product}", f"{self.imagename}.{product}")
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return {
+            "assembly": self.kind,
+            "parts_kept": str(self.run_dir / "parts"),
+            "placing_seconds": 0.0,
+            "placing_cpu_seconds": round(time.thread_time() - cpu_before, 3),
+            "concat_bytes_written": io_since(io_before)["write_chars"],
+            "concat_seconds": time.time() - started,
+            "product_bytes": sum(_dir_bytes(part_path(self.run_dir, c)) for c in self.chunks),
+            "products": products,
         }

@@ -12,7 +12,7 @@ from ..backends.base import Backend
 from ..imaging.channel_grid import ChannelGrid, Chunk
 from ..inputs.cube_spec import CubeSpec
 from ..inputs.site_profile import SiteProfile
-from .concat import CubeAssembly, wants_common_beam
+from .concat import CubeAssembly, VirtualAssembly, wants_common_beam
 from .journal import Journal
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class RunContext:
     console: Console
     grid: ChannelGrid
     chunks: list[Chunk]
-    assembly: CubeAssembly | None  # made once the run's journal says what is placed
+    assembly: CubeAssembly | VirtualAssembly | None  # made once the run's journal says what is placed
     cube_weights: str = ""  # the whole cube's imaging weights every chunk is handed (briggsbwtaper)
     allocation: "SharedWorkers | None" = None  # the workers this cube shares with the others of its submission
     label: str = ""  # how the terminal names this cube among the others of its submission (its cube.toml)

@@ -31,8 +31,9 @@ from ..sizing.disk import check_disk, read_amplification, read_warning
 from ..sizing.estimate import GIB, TaskEstimate, memory_surprise
 from ..sizing.plan import Plan, shared_plan
 from .cluster_session import SharedWorkers
+from ..sizing.plan import AssemblyChoice
 from .channel_records import channel_records
-from .concat import CubeAssembly, export_fits, final_products
+from .concat import CubeAssembly, VirtualAssembly, export_fits, final_products
 from .context import RunContext
 from .journal import Journal, RunDirectoryError
 from ..logs import casa_messages_to, send_dask_logs_to, send_module_logs_to
@@ -69,7 +70,7 @@ def image_cube(
         return journal  # complete already
     _send_logs_to(cube.run_dir)
     with casa_messages_to(cube.run_dir / "logs" / "driver.casa.log"):
-        return _image(_run_context(cube, site, journal, console), cube.mode, cube.sized, compare_serial)
+        return _image(_run_context(cube, site, journal, console), cube.mode, cube.sized, compare_serial, cube.choice)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class _Cube:
     sized: SizedCube
     mode: ImagingMode
     run_dir: Path
+    choice: AssemblyChoice  # how its parts become the cube (kept by --resume)
 
     @property
     def spec(self) -> CubeSpec:
@@ -129,7 +131,7 @@ def image_cubes(cubes: list[tuple[Path, CubeSpec]], site: SiteProfile, *, resume
             try:
                 run = _run_context(cube, site, journal, console)
                 run.allocation, run.label = workers, console.cube_name
-                outcome.report = _image(run, cube.mode, cube.sized, compare_serial)
+                outcome.report = _image(run, cube.mode, cube.sized, compare_serial, cube.choice)
             except Exception as error:  # noqa: BLE001 — this cube ends; the others go on
                 log.exception("%s ended", cube.spec.tclean.imagename)
                 outcome.error = error
@@ -188,7 +190,9 @@ def _checked(spec: CubeSpec, site: SiteProfile, resume: bool) -> _Cube:
     mode = mode_for(sized.spec.iteration)()
     weighting_refusal(sized.spec.tclean.model_dump(), sized.chunks, sized.spec.iteration)
     mode.refuse(sized.spec.tclean.model_dump(), sized.chunks, sized.grid)
-    return _Cube(sized, mode, run_dir)
+    choice = sized.assembly(json.loads((run_dir / "run.json").read_text()).get("assembly")
+                            if resume and (run_dir / "run.json").exists() else None)
+    return _Cube(sized, mode, run_dir, choice)
 
 
 def _journal(cube: _Cube, site: SiteProfile, resume: bool, plan: Plan, console: Console,
@@ -204,6 +208,7 @@ def _journal(cube: _Cube, site: SiteProfile, resume: bool, plan: Plan, console: 
         # for `status` while it runs; its workers shared with the other cubes of the submission
         "plan": {"workers": plan.workers, "jobs": plan.jobs, "site": site.name,
                  **({"shared_with": list(shared_with)} if shared_with else {})},
+        "assembly": cube.choice.kind,  # kept by --resume: a run's parts are assembled one way
     }
     journal = Journal.resume(cube.run_dir, identity) if resume else Journal.create(cube.run_dir, identity)
     journal.driver_started()
@@ -229,19 +234,23 @@ def _send_logs_to(run_dir: Path, by_thread: bool = False) -> None:
 
 def _run_context(cube: _Cube, site: SiteProfile, journal: Journal, console: Console) -> RunContext:
     sized = cube.sized
-    log.info("%s: %d channels in %d chunks of %d, mode %s, site %s", cube.spec.tclean.imagename, sized.grid.nchan,
-             len(sized.chunks), cube.spec.parallel.channels_per_task, cube.mode.key, site.name)
+    log.info("%s: %d channels in %d chunks of %d, mode %s, site %s; %s assembly: %s", cube.spec.tclean.imagename,
+             sized.grid.nchan, len(sized.chunks), cube.spec.parallel.channels_per_task, cube.mode.key, site.name,
+             cube.choice.kind, cube.choice.reason)
     return RunContext(cube.spec, site, backend_for(site), cube.run_dir, journal, console, sized.grid, sized.chunks,
                       None)
 
 
-def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool) -> dict:
+def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial: bool, choice: AssemblyChoice) -> dict:
     """Image the run's chunks in ``mode``, assemble the cube, write report.json and report.png."""
     spec, grid, chunks, plan, journal, run_dir, console = (run.spec, run.grid, run.chunks, sized.plan, run.journal,
                                                            run.run_dir, run.console)
     imagename = spec.tclean.imagename
-    run.assembly = assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis,
-                            placed={c.index for c in chunks if journal.record(c.index).placed})
+    if choice.kind == "virtual":
+        run.assembly = assembly = VirtualAssembly(run_dir, chunks, spec.tclean.model_dump())
+    else:
+        run.assembly = assembly = CubeAssembly(run_dir, chunks, spec.tclean.model_dump(), grid.tabular_axis,
+                                               placed={c.index for c in chunks if journal.record(c.index).placed})
     try:  # the placing thread stops before the interpreter does, whatever ends the run
         todo = mode.todo(run)
         for chunk in set(chunks) - set(todo):
@@ -254,7 +263,8 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             log.warning(caveat)
         console.print(
             f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
-            f" ({len(chunks) - len(todo)} already done; {mode.title}); run directory {run_dir}; {sized.disk.summary()}"
+            f" ({len(chunks) - len(todo)} already done; {mode.title}; {choice.kind} assembly); run directory {run_dir};"
+            f" {sized.disk.summary()}"
         )
         started = time.time()
         result = mode.image(run, plan, sized.estimate, todo)
@@ -289,6 +299,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             "failures": passes.failures,
             "iteration": spec.iteration,
             "cube_weights_seconds": cube_weights_seconds,
+            "assembly": choice.as_dict(),
             **result.report,
         }
         if lost:
@@ -318,14 +329,16 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
         _write_report(run_dir, report)
         _draw_report(run_dir, console)
-        if not spec.run.keep_parts:
+        if not spec.run.keep_parts and assembly.kind == "placed":
             shutil.rmtree(run_dir / "parts")
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
         shutil.rmtree(run_dir / CUBE_WEIGHTS, ignore_errors=True)
         if read_warning(reads):
             console.print(f"hpc_imager: {read_warning(reads)}")
         console.print(f"hpc_imager: wrote {', '.join(imagename + '.' + p for p in report['concat']['products'])}"
-                      + "".join(f", {fits}" for fits in report.get("fits", [])))
+                      + "".join(f", {fits}" for fits in report.get("fits", []))
+                      + (f" (virtual: they read the parts in {run_dir / 'parts'}, which are kept; keep the run"
+                         " directory where it is)" if assembly.kind == "virtual" else ""))
         log.info("complete: %s", report["concat"]["products"])
         return report
     finally:

@@ -12,7 +12,7 @@ from ..inputs.site_profile import SiteProfile
 from .chunk_size import with_channels_per_task
 from .disk import DiskNeed, disk_need
 from .estimate import TaskEstimate, cube_facts, estimate_task
-from .plan import Plan, make_plan
+from .plan import AssemblyChoice, Plan, choose_assembly, make_plan
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,15 @@ class SizedCube:
     def disk(self) -> DiskNeed:
         """What the run will write, where (``disk.check_disk`` refuses what a file system cannot hold)."""
         return disk_need(self.spec, self.chunks)
+
+    def assembly(self, started: str | None = None) -> AssemblyChoice:
+        """The final cube's assembly: the one a resumed run ``started`` with (its parts are assembled
+        one way), else ``[run] assembly``, else the site's, else the plan's choice."""
+        from ..run.concat import wants_common_beam
+
+        asked = started or (self.spec.run.assembly if self.spec.run.assembly != "auto" else self.site.assembly)
+        return choose_assembly(self.plan, asked, common_beam=wants_common_beam(self.spec.tclean.model_dump()),
+                               tabular_axis=self.grid.tabular_axis is not None)
 
 
 def size_cube(spec: CubeSpec, site: SiteProfile, previous_channels_per_task: int | None = None) -> SizedCube:

@@ -218,3 +218,58 @@ def _walltime(basis: PlanBasis, workers: int) -> str:
             "or a smaller image")
     everything = math.ceil(basis.chunks / workers) * basis.task_seconds * WALLTIME_SAFETY + WORKER_STARTUP_SECONDS
     return format_walltime(min(everything, maximum))
+
+
+# The final cube's assembly (run/concat.py). One driver thread places every part: measured here
+# (benchmarks/scale_model.py measure, NGC5921 parts of 256² and 1024², docs/benchmarks.md) it places
+# PLACING_BYTES_PER_SECOND of product per second of its time (its CPU and its waits for the disk). Workers produce product bytes at
+# workers × (full-size products × 4 bytes × pixels × channels) / task seconds; where that comes near
+# what the one thread places, placing becomes the run's critical path and the run assembles instead
+# with CASA's virtual concatenation after the last chunk (seconds, whatever the workers).
+PLACING_BYTES_PER_SECOND = 160e6  # the thread's wall rate, 1024² parts, load 3 (457 MB/s per CPU second)
+# Switch once the workers would keep the placing thread busier than this: its rate fell to 46 MB/s
+# at load 6-8 here (the driver shares its node), and the virtual assembly costs seconds.
+PLACING_SHARE = 0.5
+FULL_SIZE_PRODUCTS = 6  # image, residual, model, psf, pb, mask (sumwt is one pixel a plane); without a mask, overstated
+# Where no calibration or probe gave a task's seconds: the fastest imaging measured here (NGC5921
+# 1024², niter 0, 8 channels a task: 53.6 s of tasks for 63 × 1024² channel-pixels), so the
+# workers' rate is overstated rather than missed.
+FASTEST_SECONDS_PER_CHANNEL_PIXEL = 8.1e-7
+
+
+@dataclass(frozen=True)
+class AssemblyChoice:
+    kind: str  # "placed" or "virtual"
+    reason: str
+    produced_bytes_per_second: float  # by all the workers together
+    placing_bytes_per_second: float
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def choose_assembly(plan: Plan, asked: str = "auto", *, common_beam: bool = False,
+                    tabular_axis: bool = False) -> AssemblyChoice:
+    """How the final cube is assembled: ``asked`` (``[run] assembly`` or the site's), or with
+    ``auto`` the placed assembly unless the plan's workers would produce product bytes faster than
+    ``PLACING_SHARE`` of what one placing thread places. The virtual one cannot restore a common beam
+    (tclean opens the whole cube's images as paged images); nor does it write serial's tabular axis
+    into the cube as the placed one does (the parts' own axes are concatenated: not tried)."""
+    basis = plan.basis
+    seconds = basis.task_seconds or FASTEST_SECONDS_PER_CHANNEL_PIXEL * basis.pixels * basis.channels_per_task
+    produced = plan.workers * FULL_SIZE_PRODUCTS * 4 * basis.pixels * basis.channels_per_task / seconds
+    share = "over" if produced > PLACING_SHARE * PLACING_BYTES_PER_SECOND else "under"
+    rate = (f"{plan.workers} workers produce {format_bytes(produced)}/s of product, {share} {PLACING_SHARE:.0%} of the"
+            f" {format_bytes(PLACING_BYTES_PER_SECOND)}/s one placing thread places")
+    cannot = "restoringbeam='common'" if common_beam else "a tabular spectral axis" if tabular_axis else None
+    if asked == "virtual" and cannot:
+        raise PlanRefused(f"assembly = 'virtual' cannot make a cube with {cannot}: use assembly = 'placed' or 'auto'")
+    if asked != "auto":
+        kind, why = asked, f"asked for ({rate})"
+    elif cannot:
+        kind, why = "placed", f"{cannot} needs the placed assembly ({rate})"
+    elif produced > PLACING_SHARE * PLACING_BYTES_PER_SECOND:
+        kind, why = "virtual", f"placing would be the critical path: {rate}"
+    else:
+        kind, why = "placed", f"placing keeps up: {rate}"
+    return AssemblyChoice(kind, why, produced, PLACING_BYTES_PER_SECOND)
