@@ -1,6 +1,8 @@
 """Thousands of channels (issue 21): a 2048-channel cube in two-channel tasks through the CLI equals
 serial tclean plane by plane, and `status` on its 1024-task run directory answers, while the run goes
-on and when it is done, in little CPU (the figures: docs/benchmarks.md, "The channel sweep")."""
+on and when it is done, in little CPU (the figures: docs/benchmarks.md, "The channel sweep").
+Long: 651 s on this 2-core machine under load 3-15 (serial 2048 channels, then 1024 tasks of about
+0.9 s each on 2 workers); a task's fixed cost sets it, not the driver."""
 
 from __future__ import annotations
 
