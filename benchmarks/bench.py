@@ -10,6 +10,8 @@ user would), one after the other, on the same machine, with the same tclean keyw
 - a simulated 512-channel cube at 128² (casatools' simulator, VLA D from casadata), niter 0;
 - the machine's own limit: two serial tclean processes, each on one half of the channels, at once,
   against one on the whole cube (what 2 workers on 2 cores could at best reach);
+- the channel sweep (``--only sweep``, benchmarks/channel_sweep.py): simulated cubes of 512 to 4096
+  channels at 32² in two-channel tasks, the driver's cost and the assembly's tail against the size;
 - the driver's own cost per task: 10 000 trivial tasks through the real driver loop (journal,
   progress bar, retries with 1 % injected failures) on 2 local workers;
 - ``--only multicube``: NGC5921 cut into 2 and 4 spectral windows, each its own cube, submitted one
@@ -297,7 +299,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="Small sizes: checks the script, measures nothing.")
     parser.add_argument("--channels-per-task", type=int, default=8)
-    parser.add_argument("--only", default="overhead,sim,ngc300,ngc0", help="Comma-separated parts, run in this order.")
+    parser.add_argument("--only", default="overhead,sim,ngc300,ngc0,sweep", help="Comma-separated parts, run in this order.")
     parser.add_argument("--imsize", type=int, default=None, help="NGC5921 image side (default 1024).")
     parser.add_argument("--no-repeat", action="store_true", help="Do not run serial tclean again after the others.")
     parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
@@ -351,6 +353,11 @@ def main() -> None:
             results["cubes"].append(cube_comparison(f"sim{sim_nchan}-{sim_imsize}-niter0", sim, sim_nchan,
                                                     None, work, limit=True,  # each tool's default chunking
                                                     repeat_serial=not args.no_repeat))
+        elif part == "sweep":  # the channel sweep (benchmarks/channel_sweep.py): 500 to 4000+ channels
+            from benchmarks.channel_sweep import sweep
+
+            sizes = [64, 128] if args.quick else [512, 1024, 2048, 4096]
+            results["channel_sweep"] = sweep(sizes, 2, 32, work)
         results["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         stem.with_suffix(".json").write_text(json.dumps(results, indent=2))  # after every part: a killed run keeps them
         if results["cubes"]:

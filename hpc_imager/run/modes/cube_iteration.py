@@ -15,19 +15,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from ...imaging.channel_grid import ChannelGrid, Chunk
-from ...imaging.cycle_tasks import mask_chunk, restore_chunk, start_chunk
-from ...imaging.iteration import clean_cube, cube_iteration_refusal, iteration_report
-from ...sizing.estimate import TaskEstimate
-from ...sizing.plan import Plan
-from ..cluster_session import ClusterSession
-from ..task_loop import Tasks
 from .base import ImagingMode, ModeResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the driver's side imports them when it runs: `status` must not wait for dask (see base)
+    from ...imaging.channel_grid import ChannelGrid, Chunk
+    from ...sizing.estimate import TaskEstimate
+    from ...sizing.plan import Plan
     from ..context import RunContext
 
-STEP_NAMES = {start_chunk: "start", mask_chunk: "mask", restore_chunk: "restore"}
 STEP_DESCRIPTIONS = {"start": "PSF, residual", "mask": "automask", "restore": "restoring"}
 
 
@@ -43,12 +38,20 @@ class CubeIteration(ImagingMode):
 
     @staticmethod
     def refuse(tclean: dict, chunks: list[Chunk], grid: ChannelGrid) -> None:
+        from ...imaging.iteration import cube_iteration_refusal
+
         cube_iteration_refusal(tclean, chunks, grid)
 
     def todo(self, run: "RunContext") -> list[Chunk]:
         return list(run.chunks)  # every chunk takes part in every step; finished steps are replayed
 
     def image(self, run: "RunContext", plan: Plan, estimate: TaskEstimate, todo: list[Chunk]) -> ModeResult:
+        from ...imaging.cycle_tasks import mask_chunk, restore_chunk, start_chunk
+        from ...imaging.iteration import clean_cube, iteration_report
+        from ..cluster_session import ClusterSession
+        from ..task_loop import Tasks
+
+        step_names = {start_chunk: "start", mask_chunk: "mask", restore_chunk: "restore"}
         latest = {"cycle": 0, "iterdone": 0, "peakresidual": 0.0}
         chunk_metrics: dict[int, dict] = {}  # by chunk, over the steps this driver ran
         timings: list[dict] = []  # per step: its wall time and its tasks' (the rest is waiting at the barrier)
@@ -56,7 +59,7 @@ class CubeIteration(ImagingMode):
 
             def run_step(function, arguments: list[tuple], **keywords) -> list:
                 # ``arguments`` are each chunk's (records, chunk, run directory), in the order of run.chunks
-                name = STEP_NAMES.get(function, f"cycle {keywords.get('cycle')}")
+                name = step_names.get(function, f"cycle {keywords.get('cycle')}")
                 inputs = {chunk.index: records for records, chunk, _ in arguments}
                 results: dict[int, dict] = {}
 

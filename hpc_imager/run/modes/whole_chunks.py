@@ -12,16 +12,15 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from ...imaging.channel_grid import Chunk
-from ...imaging.imaging_task import part_path, whole_chunk_task
-from ...sizing.estimate import GIB, TaskEstimate, probe_wanted, probed_estimate
-from ...sizing.plan import Plan, PlanRefused, make_plan
-from ..cluster_session import ClusterSession, Passes
-from ..task_loop import Tasks
 from .base import ImagingMode, ModeResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the driver's side imports them when it runs: `status` must not wait for dask (see base)
+    from ...imaging.channel_grid import Chunk
+    from ...sizing.estimate import TaskEstimate
+    from ...sizing.plan import Plan
+    from ..cluster_session import Passes
     from ..context import RunContext
+    from ..task_loop import Tasks
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +33,9 @@ PROBE_ALLOWANCE = 2.0
 class Probe:
     """One chunk imaged alone first (or measured by an earlier run of this cube) to size the rest."""
 
-    chunk: Chunk | None
-    estimate: TaskEstimate | None  # from the measured peak; None when the probe did not finish
-    passes: Passes | None = None  # the probe's own passes (None: measured before)
+    chunk: "Chunk | None"
+    estimate: "TaskEstimate | None"  # from the measured peak; None when the probe did not finish
+    passes: "Passes | None" = None  # the probe's own passes (None: measured before)
 
     def as_dict(self) -> dict:
         return {"chunk": self.chunk.index if self.chunk else None,
@@ -49,10 +48,15 @@ class WholeChunks(ImagingMode):
     """One task per chunk, the chunk imaged whole."""
 
     def todo(self, run: "RunContext") -> list[Chunk]:
+        from ...imaging.imaging_task import part_path
+
         return [c for c in run.chunks if not (run.journal.record(c.index).done and part_path(run.run_dir, c).is_dir())]
 
     def tasks(self, run: "RunContext", estimated_peak_bytes: int) -> Tasks:
         """The whole-chunk task; each chunk recorded with the peak it was planned for."""
+        from ...imaging.imaging_task import whole_chunk_task
+        from ..task_loop import Tasks
+
         function, inputs = whole_chunk_task(run.tclean_params, run.cube_weights)
 
         def done(chunk: Chunk, attempt: int, metrics: dict) -> None:
@@ -62,6 +66,10 @@ class WholeChunks(ImagingMode):
         return Tasks(function, inputs, "imaging", done)
 
     def image(self, run: "RunContext", plan: Plan, estimate: TaskEstimate, todo: list[Chunk]) -> ModeResult:
+        from ...sizing.estimate import probe_wanted
+        from ...sizing.plan import make_plan
+        from ..cluster_session import ClusterSession
+
         # a cube sharing its submission's workers finds them sized already (for the largest task of all)
         probe = (self.probe(run, estimate, todo)
                  if not run.allocation and probe_wanted(run.spec, run.site, plan) and len(todo) > 1 else None)
@@ -82,6 +90,10 @@ class WholeChunks(ImagingMode):
     def probe(self, run: "RunContext", estimate: TaskEstimate, todo: list[Chunk]) -> Probe | None:
         """Measure one whole chunk on one worker (the run's first job on a batch site) and estimate
         the others from it; a resumed run uses the chunks it already measured instead."""
+        from ...sizing.estimate import GIB, probed_estimate
+        from ...sizing.plan import PlanRefused, make_plan
+        from ..cluster_session import ClusterSession
+
         whole = run.spec.parallel.channels_per_task
         measured = [r.done for r in (run.journal.record(c.index) for c in run.chunks)
                     if r.done and r.done.get("channels") == whole]
