@@ -154,7 +154,7 @@ def mosaic_channels_per_task(tclean_params: dict, grid, channels_per_task: int, 
     """``channels_per_task`` for a mosaic cube whose size was left to us: the smallest size from it up
     whose chunks all get serial tclean's beams where one short of the whole cube exists, else the
     size up to one chunk per worker with the fewest planes off serial (24 × 1 MHz on 2 workers: 12,
-    13 planes off as in mpicasa's 2 sub-cubes, where the chosen 6 put 18 off)."""
+    13 planes off as in mpicasa's 2 sub-cubes, where the chooser's 3 puts at least 18 off)."""
     if "mosaic" not in tclean_params["gridder"] or not grid.frequencies or channels_per_task >= grid.nchan:
         return channels_per_task
     spw = _whole_spw_frequencies(tclean_params, grid.data_frequencies)
