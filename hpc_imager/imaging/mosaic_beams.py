@@ -22,19 +22,28 @@ and 13-23 bit-identical; chunks of 6 planes 0-17; both as predicted here plane f
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 STEP_FRACTION = 0.005  # of the spectral window's top frequency
+# Chunk sizes tried above the chooser's: each try predicts every plane (7677 one-channel chunks: 0.75 s a
+# try under load 20, so planning such a mosaic cube takes up to ~15 s more).
+SEARCHED_SIZES = 32
 
 
-def beams(spw_frequencies: Sequence[float], frequencies: Sequence[float]) -> tuple[list[float], list[int]]:
+def window(spw_frequencies: Sequence[float]) -> tuple[float, float]:
+    """What the gridder takes from the spectral window: its top frequency and its channel width (Hz)."""
+    return max(spw_frequencies), abs(spw_frequencies[1] - spw_frequencies[0])
+
+
+def beams(spw: tuple[float, float], frequencies: Sequence[float]) -> tuple[list[float], list[int]]:
     """The beam frequencies the gridder makes for an image covering data channels at ``frequencies``
-    (Hz, ascending, of the spectral window at ``spw_frequencies``), and each channel's beam index."""
+    (Hz, ascending) of the spectral window ``spw`` (:func:`window`), and each channel's beam index."""
     low, high = min(frequencies), max(frequencies)
     n = len(frequencies)
     spacing = (high - low) / (n - 1) if n > 1 else 1e12
-    step = max(max(spw_frequencies) * STEP_FRACTION, spacing / 2)
-    top = max(spw_frequencies)
+    step = max(spw[0] * STEP_FRACTION, spacing / 2)
+    top = spw[0]
     while top > high:
         top -= step
     if top < low:
@@ -47,7 +56,7 @@ def beams(spw_frequencies: Sequence[float], frequencies: Sequence[float]) -> tup
         inside -= 1
         bottom += step
     if inside > n:  # more grid points than data channels: one beam per data channel
-        inside, step, bottom = n, abs(spw_frequencies[1] - spw_frequencies[0]), low
+        inside, step, bottom = n, spw[1], low
     if inside >= n - 1:
         return list(frequencies), list(range(n))
     if inside == 0 or n == 1:
@@ -60,11 +69,11 @@ def beams(spw_frequencies: Sequence[float], frequencies: Sequence[float]) -> tup
     return grid, chosen
 
 
-def plane_beams(spw_frequencies: Sequence[float], plane_channels: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+def plane_beams(spw: tuple[float, float], plane_channels: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
     """(beam, highest beam) of each plane of one image whose planes cover the data channels at
     ``plane_channels`` (Hz); a plane takes its middle data channel's beam."""
     frequencies = sorted({f for channels in plane_channels for f in channels})
-    grid, chosen = beams(spw_frequencies, frequencies)
+    grid, chosen = beams(spw, frequencies)
     index = {f: i for i, f in enumerate(frequencies)}
     out = []
     for channels in plane_channels:
@@ -73,25 +82,26 @@ def plane_beams(spw_frequencies: Sequence[float], plane_channels: Sequence[Seque
     return out
 
 
-def planes_off_serial(spw_frequencies: Sequence[float], plane_channels: Sequence[Sequence[float]],
+def planes_off_serial(spw: tuple[float, float], plane_channels: Sequence[Sequence[float]],
                       chunks: Sequence[tuple[int, int]]) -> list[int]:
     """The planes whose chunk (``(first, nchan)`` each) gives them other beams than the whole cube."""
-    serial = plane_beams(spw_frequencies, plane_channels)
+    serial = plane_beams(spw, plane_channels)
     off = []
     for first, nchan in chunks:
-        mine = plane_beams(spw_frequencies, plane_channels[first:first + nchan])
+        mine = plane_beams(spw, plane_channels[first:first + nchan])
         off += [first + i for i, b in enumerate(mine) if b != serial[first + i]]
     return off
 
 
-def equal_chunk_size(spw_frequencies: Sequence[float], plane_channels: Sequence[Sequence[float]],
+def equal_chunk_size(spw: tuple[float, float], plane_channels: Sequence[Sequence[float]],
                      channels_per_task: int) -> int | None:
-    """The smallest chunk size of at least ``channels_per_task`` whose chunks all get serial's beams,
-    if one short of the whole cube exists (e.g. a cube inside one 0.5 % step needs chunks of 3)."""
+    """The smallest chunk size of at least ``channels_per_task`` (and below it + SEARCHED_SIZES) whose
+    chunks all get serial's beams, if one short of the whole cube exists (e.g. a cube inside one 0.5 %
+    step needs chunks of 3)."""
     nchan = len(plane_channels)
-    for size in range(max(1, channels_per_task), nchan):
+    for size in range(max(1, channels_per_task), min(nchan, max(1, channels_per_task) + SEARCHED_SIZES)):
         chunks = [(first, min(size, nchan - first)) for first in range(0, nchan, size)]
-        if not planes_off_serial(spw_frequencies, plane_channels, chunks):
+        if not planes_off_serial(spw, plane_channels, chunks):
             return size
     return None
 
@@ -100,10 +110,11 @@ def plane_data_channels(spw_frequencies: Sequence[float], plane_frequencies: Seq
     """The data channels (Hz) each output plane centred at ``plane_frequencies`` covers: those within
     half a plane's width of its centre, at least the nearest."""
     width = abs(plane_frequencies[1] - plane_frequencies[0]) if len(plane_frequencies) > 1 else 0.0
+    data = sorted(spw_frequencies)
     out = []
     for centre in plane_frequencies:
-        inside = [f for f in spw_frequencies if centre - width / 2 <= f < centre + width / 2]
-        out.append(inside or [min(spw_frequencies, key=lambda f: abs(f - centre))])
+        inside = data[bisect.bisect_left(data, centre - width / 2):bisect.bisect_left(data, centre + width / 2)]
+        out.append(inside or [min(data, key=lambda f: abs(f - centre))])
     return out
 
 
@@ -138,7 +149,7 @@ def prediction(tclean_params: dict, grid, chunks) -> dict | None:
     spw = _whole_spw_frequencies(tclean_params, grid.data_frequencies)
     if spw is None:
         return None
-    planes = plane_data_channels(spw, grid.frequencies)
+    planes, spw = plane_data_channels(spw, grid.frequencies), window(spw)
     serial = plane_beams(spw, planes)
     mine = []
     for chunk in chunks:
@@ -160,7 +171,7 @@ def mosaic_channels_per_task(tclean_params: dict, grid, channels_per_task: int, 
     spw = _whole_spw_frequencies(tclean_params, grid.data_frequencies)
     if spw is None:
         return channels_per_task
-    planes = plane_data_channels(spw, grid.frequencies)
+    planes, spw = plane_data_channels(spw, grid.frequencies), window(spw)
     equal = equal_chunk_size(spw, planes, channels_per_task)
     if equal is not None:
         return equal
@@ -170,4 +181,6 @@ def mosaic_channels_per_task(tclean_params: dict, grid, channels_per_task: int, 
     def off(size: int) -> int:
         return len(planes_off_serial(spw, planes, [(f, min(size, nchan - f)) for f in range(0, nchan, size)]))
 
-    return min(range(channels_per_task, min(widest, nchan - 1) + 1), key=lambda size: (off(size), size))
+    sizes = set(range(channels_per_task, min(widest, nchan - 1, channels_per_task + SEARCHED_SIZES) + 1))
+    sizes.add(min(widest, nchan - 1))
+    return min(sizes, key=lambda size: (off(size), size))
