@@ -25,13 +25,13 @@ def wide_mosaic(tmp_path_factory):
         nchan=24, channel_width_khz=1000, pointings=4, integration_seconds=60, seconds_per_pointing=120))
 
 
-@pytest.mark.parametrize("niter", [0, 200])
-def test_wide_mosaic_is_no_further_off_than_mpicasa_and_says_which_planes(tmp_path, wide_mosaic, niter):
-    keywords = dict(KEYWORDS, vis=str(wide_mosaic), imagename="wide", niter=niter)
+def test_wide_mosaic_is_no_further_off_than_mpicasa_and_says_which_planes(tmp_path, wide_mosaic):
+    """475 s at load 10-20 (2 chunks of 12 and serial tclean, 96²); at load 30 it took over 900 s."""
+    keywords = dict(KEYWORDS, vis=str(wide_mosaic), imagename="wide", niter=0)
     (tmp_path / "cube.toml").write_text("[tclean]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keywords.items())
                                         + "[parallel]\nworkers = 2\n")
 
-    result = run_cli("submit", "--site", "local", "--no-probe", "--compare-serial", tmp_path / "cube.toml", timeout=900)
+    result = run_cli("submit", "--site", "local", "--no-probe", "--compare-serial", tmp_path / "cube.toml", timeout=1800)
 
     report = json.loads((tmp_path / "wide.hpcrun" / "report.json").read_text())
     assert report["channels_per_task"] == 12  # the chooser alone picks 3 here: at least 18 planes off
@@ -41,7 +41,6 @@ def test_wide_mosaic_is_no_further_off_than_mpicasa_and_says_which_planes(tmp_pa
     compared = report["serial_comparison"]
     for product, worst in MPICASA.items():
         assert compared[product]["max"] <= worst * 1.025, (product, compared[product]["max"])
-    if niter == 0:  # each plane on its own: exactly the predicted planes are off
-        for product in ("image", "pb", "psf"):
-            off = [i for i, d in enumerate(compared[product]["per_plane"]) if d > 1e-5]
-            assert off == predicted, (product, off)
+    for product in ("image", "pb", "psf"):  # here exactly the predicted planes are off
+        off = [i for i, d in enumerate(compared[product]["per_plane"]) if d > 1e-5]
+        assert off == predicted, (product, off)
