@@ -21,6 +21,7 @@ from rich.console import Console
 from ..backends import backend_for
 from ..errors import RunFailed
 from ..imaging import casa_setup
+from ..imaging import mosaic_beams
 from ..imaging.casa_imager import chunking_caveats
 from ..imaging.cube_weights import CUBE_WEIGHTS, make_cube_weights, wants_cube_weights
 from ..imaging.iteration import weighting_refusal
@@ -257,7 +258,8 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             assembly.arrived(chunk)
         assembly.wait_placed(journal.placed)
         cube_weights_seconds = _hand_cube_weights(run)
-        caveats = grid.caveats() + chunking_caveats(spec.tclean.model_dump(), chunks)
+        beams = mosaic_beams.prediction(spec.tclean.model_dump(), grid, chunks)
+        caveats = grid.caveats() + chunking_caveats(spec.tclean.model_dump(), chunks, beams)
         for caveat in caveats:
             console.print(f"hpc_imager: warning: {caveat}")
             log.warning(caveat)
@@ -283,6 +285,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
             "nchan": grid.nchan,
             "grid": {"kind": grid.kind, "start": grid.start, "width": grid.width, "unit": grid.unit, "frame": grid.frame},
             "caveats": caveats,
+            "mosaic_beams": beams,
             "chunks": len(chunks),
             "channels_per_task": spec.parallel.channels_per_task,
             "workers": plan.workers,

@@ -77,11 +77,13 @@ def with_channels_per_task(spec, site, grid, facts=None, previous: int | None = 
     """``spec`` with channels_per_task filled in when cube.toml left it out: ``previous`` (the value a
     run being resumed was started with, so its chunks stay the same), else the choice above for
     ``grid``'s channels from the site's calibrated task time (or this project's defaults), the plan's
-    workers for one-channel tasks, and the channels a worker's share of a node (memory / cores) can hold."""
+    workers for one-channel tasks, and the channels a worker's share of a node (memory / cores) can hold;
+    for the mosaic gridder, the size whose chunks get serial's primary beams (mosaic_beams)."""
     from dask.utils import parse_bytes
 
     from ..imaging.iteration import first_block_crossing, serial_block_size
     from .disk import ms_bytes
+    from ..imaging.mosaic_beams import mosaic_channels_per_task
     from .estimate import GIB, estimate_task
     from .plan import make_plan
 
@@ -115,4 +117,4 @@ def with_channels_per_task(spec, site, grid, facts=None, previous: int | None = 
                                       max_channels_in_memory(share, base_bytes, per_channel_bytes),
                                       avoid_single_channel_chunks=grid.guards_single_channels,
                                       mode_allows=mode_allows)
-    return choosing(chosen)
+    return choosing(mosaic_channels_per_task(spec.tclean.model_dump(), grid, chosen, workers))
