@@ -1,13 +1,14 @@
-"""The benchmark: serial tclean, pclean 0.2.3 and hpc_imager side by side, in ONE run of this script.
+"""The benchmark: serial tclean, mpicasa, pclean 0.2.3 and hpc_imager side by side, in ONE run of this script.
 
     python benchmarks/bench.py [--out benchmarks/results] [--quick]
 
 Every imaging run is a fresh Python process (so each pays its own imports and CASA start-up, as a
 user would), one after the other, on the same machine, with the same tclean keywords:
 
-- NGC5921 (63 channels) at 1024², briggs 0.5, niter 0 and niter 300: serial tclean, pclean
-  (2 workers, explicit nchan, cube_chunksize = ours), hpc_imager (2 workers);
-- a simulated 512-channel cube at 128² (casatools' simulator, VLA D from casadata), niter 0;
+- NGC5921 (63 channels) at 1024², briggs 0.5, niter 0 and niter 300: serial tclean, mpicasa (CASA's
+  own parallel cube imaging: ``mpirun -n 3``, one client and 2 servers, ``tclean(parallel=True)``),
+  pclean (2 workers, explicit nchan, cube_chunksize = ours), hpc_imager (2 workers);
+- a simulated 512-channel cube at 128² (casatools' simulator, VLA D from casadata), niter 0, the same four;
 - the machine's own limit: two serial tclean processes, each on one half of the channels, at once,
   against one on the whole cube (what 2 workers on 2 cores could at best reach);
 - the driver's own cost per task: 10 000 trivial tasks through the real driver loop (journal,
@@ -110,6 +111,45 @@ def two_halves_at_once(params: dict, nchan: int, work: Path, name: str) -> float
     return time.time() - started
 
 
+# mpicasa as root (this machine's CI runs as root): Open MPI refuses to start without these.
+MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def mpicasa_run(params: dict, work: Path, name: str) -> dict:
+    """CASA's own parallel cube imaging, as its documentation runs it: ``mpirun -n 3`` (rank 0 the
+    client, ranks 1-2 the servers) and ``tclean(parallel=True)``. For a cube, task_tclean turns
+    ``parallel`` into its C++ parallel mode whenever casampi finds MPI: every server runs the
+    major cycles (CubeMajorCycleAlgorithm) and minor cycles (CubeMinorCycleAlgorithm) of blocks of
+    channels, and the client only hands them out and runs the iteration control, so 2 servers are
+    the 2 imaging processes the other tools have (the client mostly waits). ``--oversubscribe``: 3
+    ranks on 2 cores. Each run has its own CASA log (all ranks write to it, the servers' lines
+    tagged ``MPIServer-<rank>``): its per-step timings are where mpicasa's time goes. Returns the wall time (mpirun's, what
+    a user pays: start-up of 3 CASA processes and their shut-down included) and tclean's own."""
+    logdir = work / f"{name}-casa"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from hpc_imager.imaging import casa_setup
+        casa_setup.configure_offline(Path({str(logdir)!r}))
+        from casatasks import casalog, tclean  # on ranks 1-2 this import serves until the client ends
+        casalog.showconsole(False)
+        started = time.time()
+        tclean(**{dict(params, imagename=str(work / name), parallel=True)!r})
+        print("tclean_seconds", time.time() - started)
+        """)
+    env = _env(**(MPI_AS_ROOT if os.geteuid() == 0 else {}))
+    started = time.time()
+    with open(work / f"{name}.log", "w") as out:
+        result = subprocess.run(["mpirun", "-n", "3", "--oversubscribe", PYTHON, "-c", code], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=work)
+    seconds = time.time() - started
+    if result.returncode:
+        raise RuntimeError(f"mpicasa failed (exit {result.returncode}); see {work / name}.log")
+    inner = [line.split()[1] for line in (work / f"{name}.log").read_text().splitlines()
+             if line.startswith("tclean_seconds ")]
+    return {"seconds": round(seconds, 2), "tclean_seconds": round(float(inner[0]), 2) if inner else None}
+
+
 def pclean_run(params: dict, nchan: int, chunk: int | None, work: Path, name: str) -> float:
     keywords = dict(params, imagename=str(work / name), nchan=nchan, parallel=True, nworkers=2,
                     cube_chunksize=chunk or -1)  # -1: pclean's default, one sub-cube per worker
@@ -204,6 +244,8 @@ def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, wor
                     repeat_serial: bool = True) -> dict:
     entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
+    mpicasa = mpicasa_run(params, work, f"{label}-mpicasa")
+    entry["mpicasa_seconds"], entry["mpicasa_tclean_seconds"] = mpicasa["seconds"], mpicasa["tclean_seconds"]
     entry["pclean_seconds"] = round(pclean_run(params, nchan, chunk, work, f"{label}-pclean"), 2)
     seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc")
     entry["hpc_imager_seconds"] = round(seconds, 2)
@@ -213,6 +255,7 @@ def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, wor
         entry["hpc_imager_per_chunk_seconds"] = round(seconds, 2)
         entry["hpc_imager_per_chunk"] = _task_breakdown(report)
     serial_image = work / f"{label}-serial.image"
+    entry["mpicasa_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-mpicasa.image")
     entry["pclean_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-pclean.image")
     entry["hpc_imager_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-hpc.image")
     if "hpc_imager_per_chunk_seconds" in entry:
@@ -228,6 +271,7 @@ def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, wor
     serial = (entry["serial_seconds"] + entry.get("serial_again_seconds", entry["serial_seconds"])) / 2
     entry["ratio_hpc_imager_over_serial"] = round(entry["hpc_imager_seconds"] / serial, 3)
     entry["ratio_pclean_over_serial"] = round(entry["pclean_seconds"] / serial, 3)
+    entry["ratio_mpicasa_over_serial"] = round(entry["mpicasa_seconds"] / serial, 3)
     if "hpc_imager_per_chunk_seconds" in entry:
         entry["ratio_per_chunk_over_serial"] = round(entry["hpc_imager_per_chunk_seconds"] / serial, 3)
     entry["ratio_serial_one_thread_over_serial"] = round(entry["serial_one_thread_seconds"] / serial, 3)
@@ -249,6 +293,7 @@ def plot(results: dict, path: Path) -> None:
     kinds = [("serial_seconds", "serial tclean", None),
              ("serial_one_thread_seconds", "serial, one thread", None),
              ("two_halves_at_once_seconds", "2 halves at once (limit)", None),
+             ("mpicasa_seconds", "mpicasa (2 servers)", "mpicasa_vs_serial"),
              ("pclean_seconds", "pclean 0.2.3", "pclean_vs_serial"),
              ("hpc_imager_seconds", "hpc_imager (default)", "hpc_imager_vs_serial"),
              ("hpc_imager_per_chunk_seconds", "hpc_imager per-chunk", "hpc_imager_per_chunk_vs_serial")]
