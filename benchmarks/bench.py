@@ -82,9 +82,11 @@ def by_frequency(params: dict) -> dict:
 
 
 def serial_tclean(params: dict, work: Path, name: str, **extra_env: str) -> float:
+    """Serial tclean with its own CASA log (``<name>.casa.log``: its per-step timings, as mpicasa's)."""
     return _timed_python(f"""
         from casatasks import casalog, tclean
         casalog.showconsole(False)
+        casalog.setlogfile({str(work / f"{name}.casa.log")!r})
         tclean(**{dict(params, imagename=str(work / name))!r})
         """, work / f"{name}.log", **extra_env)
 
@@ -242,17 +244,24 @@ def driver_overhead(tasks: int, work: Path) -> dict:
 
 def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, work: Path, limit: bool,
                     repeat_serial: bool = True) -> dict:
-    entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
+    # the 1-minute load average after each tool's run: on a shared machine, which figures it touched
+    entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load(),
+                   "load_after_each": {}}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
+    entry["load_after_each"]["serial"] = _load()
     mpicasa = mpicasa_run(params, work, f"{label}-mpicasa")
     entry["mpicasa_seconds"], entry["mpicasa_tclean_seconds"] = mpicasa["seconds"], mpicasa["tclean_seconds"]
+    entry["load_after_each"]["mpicasa"] = _load()
     entry["pclean_seconds"] = round(pclean_run(params, nchan, chunk, work, f"{label}-pclean"), 2)
+    entry["load_after_each"]["pclean"] = _load()
     seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc")
     entry["hpc_imager_seconds"] = round(seconds, 2)
+    entry["load_after_each"]["hpc_imager"] = _load()
     entry["hpc_imager"] = _task_breakdown(report)
     if params.get("niter", 0) > 0:  # the default is whole-cube iteration; independent chunks for comparison
         seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc-per-chunk", iteration="per-chunk")
         entry["hpc_imager_per_chunk_seconds"] = round(seconds, 2)
+        entry["load_after_each"]["hpc_imager_per_chunk"] = _load()
         entry["hpc_imager_per_chunk"] = _task_breakdown(report)
     serial_image = work / f"{label}-serial.image"
     entry["mpicasa_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-mpicasa.image")
@@ -263,10 +272,13 @@ def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, wor
                                                                          work / f"{label}-hpc-per-chunk.image")
     if limit:
         entry["two_halves_at_once_seconds"] = round(two_halves_at_once(params, nchan, work, f"{label}-halves"), 2)
+        entry["load_after_each"]["two_halves"] = _load()
     # how much CASA's own threads give serial tclean: the part of the cores a single process already uses
     entry["serial_one_thread_seconds"] = round(serial_tclean(params, work, f"{label}-serial-1thread", **ONE_THREAD), 2)
+    entry["load_after_each"]["serial_one_thread"] = _load()
     if repeat_serial:  # serial again after the others: how much the machine's load drifted meanwhile
         entry["serial_again_seconds"] = round(serial_tclean(params, work, f"{label}-serial2"), 2)
+        entry["load_after_each"]["serial_again"] = _load()
     entry["load_after"] = _load()
     serial = (entry["serial_seconds"] + entry.get("serial_again_seconds", entry["serial_seconds"])) / 2
     entry["ratio_hpc_imager_over_serial"] = round(entry["hpc_imager_seconds"] / serial, 3)
