@@ -151,7 +151,8 @@ def casa_log_phases(path: Path) -> list[dict]:
         if "MPIServer" in line:
             continue
         for marker, name in (("Begin Task: tclean", "set-up"), *_PHASES):
-            if marker in line and not (marks and marks[-1][1] == name and name == "restore"):
+            # CASA logs some markers twice (two log sinks); a phase never follows itself
+            if marker in line and not (marks and marks[-1][1] == name):
                 marks.append((datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S"), name))
     return [{"phase": name, "seconds": (marks[i + 1][0] - at).total_seconds()}
             for i, (at, name) in enumerate(marks[:-1])]
