@@ -1,7 +1,7 @@
 # make demo: set up and image the NGC5921 demo cube on --site local
 # make test: set up, start Slurm/SGE on localhost (as root), run the whole test suite (what CI runs)
 # make test-casa-other: the CASA-touching tests on the other tested CASA releases (docs/batch-systems.md)
-# make bench: serial tclean, pclean 0.2.3 and hpc_imager in one run (docs/benchmarks.md); long: an hour or more
+# make bench: serial tclean, mpicasa, pclean 0.2.3 and hpc_imager in one run (docs/benchmarks.md); long: an hour or more
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -52,6 +52,9 @@ test-casa-other: $(CASA_OTHER:%=%/.installed)
 	.venv-casa665/bin/python -m pytest -ra $(CASA_TESTS)
 	.venv-casa675/bin/python -m pytest -ra $(CASA_TESTS) -k "not equals_serial or all-channels-short-last-chunk or hogbom"
 
+# mpicasa: casampi recognises only Open MPI, and mpi4py builds against its mpicc (Debian's packages;
+# apt-get needs root, as this machine's CI has)
 bench: setup
+	command -v mpirun >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openmpi-bin libopenmpi-dev)
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench.py

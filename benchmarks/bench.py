@@ -1,13 +1,14 @@
-"""The benchmark: serial tclean, pclean 0.2.3 and hpc_imager side by side, in ONE run of this script.
+"""The benchmark: serial tclean, mpicasa, pclean 0.2.3 and hpc_imager side by side, in ONE run of this script.
 
     python benchmarks/bench.py [--out benchmarks/results] [--quick]
 
 Every imaging run is a fresh Python process (so each pays its own imports and CASA start-up, as a
 user would), one after the other, on the same machine, with the same tclean keywords:
 
-- NGC5921 (63 channels) at 1024², briggs 0.5, niter 0 and niter 300: serial tclean, pclean
-  (2 workers, explicit nchan, cube_chunksize = ours), hpc_imager (2 workers);
-- a simulated 512-channel cube at 128² (casatools' simulator, VLA D from casadata), niter 0;
+- NGC5921 (63 channels) at 1024², briggs 0.5, niter 0 and niter 300: serial tclean, mpicasa (CASA's
+  own parallel cube imaging: ``mpirun -n 3``, one client and 2 servers, ``tclean(parallel=True)``),
+  pclean (2 workers, explicit nchan, cube_chunksize = ours), hpc_imager (2 workers);
+- a simulated 512-channel cube at 128² (casatools' simulator, VLA D from casadata), niter 0, the same four;
 - the machine's own limit: two serial tclean processes, each on one half of the channels, at once,
   against one on the whole cube (what 2 workers on 2 cores could at best reach);
 - the channel sweep (``--only sweep``, benchmarks/channel_sweep.py): simulated cubes of 512 to 4096
@@ -85,9 +86,11 @@ def by_frequency(params: dict) -> dict:
 
 
 def serial_tclean(params: dict, work: Path, name: str, **extra_env: str) -> float:
+    """Serial tclean with its own CASA log (``<name>.casa.log``: its per-step timings, as mpicasa's)."""
     return _timed_python(f"""
         from casatasks import casalog, tclean
         casalog.showconsole(False)
+        casalog.setlogfile({str(work / f"{name}.casa.log")!r})
         tclean(**{dict(params, imagename=str(work / name))!r})
         """, work / f"{name}.log", **extra_env)
 
@@ -112,6 +115,45 @@ def two_halves_at_once(params: dict, nchan: int, work: Path, name: str) -> float
     if any(p.wait() for p in procs):
         raise RuntimeError(f"a half-cube tclean failed; see {work}/{name}-*.log")
     return time.time() - started
+
+
+# mpicasa as root (this machine's CI runs as root): Open MPI refuses to start without these.
+MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def mpicasa_run(params: dict, work: Path, name: str) -> dict:
+    """CASA's own parallel cube imaging, as its documentation runs it: ``mpirun -n 3`` (rank 0 the
+    client, ranks 1-2 the servers) and ``tclean(parallel=True)``. For a cube, task_tclean turns
+    ``parallel`` into its C++ parallel mode whenever casampi finds MPI: every server runs the
+    major cycles (CubeMajorCycleAlgorithm) and minor cycles (CubeMinorCycleAlgorithm) of blocks of
+    channels, and the client only hands them out and runs the iteration control, so 2 servers are
+    the 2 imaging processes the other tools have (the client mostly waits). ``--oversubscribe``: 3
+    ranks on 2 cores. Each run has its own CASA log (all ranks write to it, the servers' lines
+    tagged ``MPIServer-<rank>``): its per-step timings are where mpicasa's time goes. Returns the wall time (mpirun's, what
+    a user pays: start-up of 3 CASA processes and their shut-down included) and tclean's own."""
+    logdir = work / f"{name}-casa"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from hpc_imager.imaging import casa_setup
+        casa_setup.configure_offline(Path({str(logdir)!r}))
+        from casatasks import casalog, tclean  # on ranks 1-2 this import serves until the client ends
+        casalog.showconsole(False)
+        started = time.time()
+        tclean(**{dict(params, imagename=str(work / name), parallel=True)!r})
+        print("tclean_seconds", time.time() - started)
+        """)
+    env = _env(**(MPI_AS_ROOT if os.geteuid() == 0 else {}))
+    started = time.time()
+    with open(work / f"{name}.log", "w") as out:
+        result = subprocess.run(["mpirun", "-n", "3", "--oversubscribe", PYTHON, "-c", code], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=work)
+    seconds = time.time() - started
+    if result.returncode:
+        raise RuntimeError(f"mpicasa failed (exit {result.returncode}); see {work / name}.log")
+    inner = [line.split()[1] for line in (work / f"{name}.log").read_text().splitlines()
+             if line.startswith("tclean_seconds ")]
+    return {"seconds": round(seconds, 2), "tclean_seconds": round(float(inner[0]), 2) if inner else None}
 
 
 def pclean_run(params: dict, nchan: int, chunk: int | None, work: Path, name: str) -> float:
@@ -216,17 +258,27 @@ def hpc_imager_submit(tomls: list[Path], log: Path) -> float:
 
 def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, work: Path, limit: bool,
                     repeat_serial: bool = True) -> dict:
-    entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load()}
+    # the 1-minute load average after each tool's run: on a shared machine, which figures it touched
+    entry: dict = {"cube": label, "nchan": nchan, "channels_per_task": chunk, "load_before": _load(),
+                   "load_after_each": {}}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
+    entry["load_after_each"]["serial"] = _load()
+    mpicasa = mpicasa_run(params, work, f"{label}-mpicasa")
+    entry["mpicasa_seconds"], entry["mpicasa_tclean_seconds"] = mpicasa["seconds"], mpicasa["tclean_seconds"]
+    entry["load_after_each"]["mpicasa"] = _load()
     entry["pclean_seconds"] = round(pclean_run(params, nchan, chunk, work, f"{label}-pclean"), 2)
+    entry["load_after_each"]["pclean"] = _load()
     seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc")
     entry["hpc_imager_seconds"] = round(seconds, 2)
+    entry["load_after_each"]["hpc_imager"] = _load()
     entry["hpc_imager"] = _task_breakdown(report)
     if params.get("niter", 0) > 0:  # the default is whole-cube iteration; independent chunks for comparison
         seconds, report = hpc_imager_run(params, chunk, work, f"{label}-hpc-per-chunk", iteration="per-chunk")
         entry["hpc_imager_per_chunk_seconds"] = round(seconds, 2)
+        entry["load_after_each"]["hpc_imager_per_chunk"] = _load()
         entry["hpc_imager_per_chunk"] = _task_breakdown(report)
     serial_image = work / f"{label}-serial.image"
+    entry["mpicasa_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-mpicasa.image")
     entry["pclean_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-pclean.image")
     entry["hpc_imager_vs_serial"] = difference_from_serial(serial_image, work / f"{label}-hpc.image")
     if "hpc_imager_per_chunk_seconds" in entry:
@@ -234,14 +286,18 @@ def cube_comparison(label: str, params: dict, nchan: int, chunk: int | None, wor
                                                                          work / f"{label}-hpc-per-chunk.image")
     if limit:
         entry["two_halves_at_once_seconds"] = round(two_halves_at_once(params, nchan, work, f"{label}-halves"), 2)
+        entry["load_after_each"]["two_halves"] = _load()
     # how much CASA's own threads give serial tclean: the part of the cores a single process already uses
     entry["serial_one_thread_seconds"] = round(serial_tclean(params, work, f"{label}-serial-1thread", **ONE_THREAD), 2)
+    entry["load_after_each"]["serial_one_thread"] = _load()
     if repeat_serial:  # serial again after the others: how much the machine's load drifted meanwhile
         entry["serial_again_seconds"] = round(serial_tclean(params, work, f"{label}-serial2"), 2)
+        entry["load_after_each"]["serial_again"] = _load()
     entry["load_after"] = _load()
     serial = (entry["serial_seconds"] + entry.get("serial_again_seconds", entry["serial_seconds"])) / 2
     entry["ratio_hpc_imager_over_serial"] = round(entry["hpc_imager_seconds"] / serial, 3)
     entry["ratio_pclean_over_serial"] = round(entry["pclean_seconds"] / serial, 3)
+    entry["ratio_mpicasa_over_serial"] = round(entry["mpicasa_seconds"] / serial, 3)
     if "hpc_imager_per_chunk_seconds" in entry:
         entry["ratio_per_chunk_over_serial"] = round(entry["hpc_imager_per_chunk_seconds"] / serial, 3)
     entry["ratio_serial_one_thread_over_serial"] = round(entry["serial_one_thread_seconds"] / serial, 3)
@@ -263,6 +319,7 @@ def plot(results: dict, path: Path) -> None:
     kinds = [("serial_seconds", "serial tclean", None),
              ("serial_one_thread_seconds", "serial, one thread", None),
              ("two_halves_at_once_seconds", "2 halves at once (limit)", None),
+             ("mpicasa_seconds", "mpicasa (2 servers)", "mpicasa_vs_serial"),
              ("pclean_seconds", "pclean 0.2.3", "pclean_vs_serial"),
              ("hpc_imager_seconds", "hpc_imager (default)", "hpc_imager_vs_serial"),
              ("hpc_imager_per_chunk_seconds", "hpc_imager per-chunk", "hpc_imager_per_chunk_vs_serial")]
