@@ -1,8 +1,9 @@
-"""Thousands of channels (issue 21): a 2048-channel cube in two-channel tasks through the CLI equals
-serial tclean plane by plane, and `status` on its 1024-task run directory answers, while the run goes
-on and when it is done, in little CPU (the figures: docs/benchmarks.md, "The channel sweep").
-Long: 651 s on this 2-core machine under load 3-15 (serial 2048 channels, then 1024 tasks of about
-0.9 s each on 2 workers); a task's fixed cost sets it, not the driver."""
+"""Thousands of channels (issue 21): a 2048-channel cube through the CLI equals serial tclean plane by
+plane, and `status` on its run directory answers, while the run goes on and when it is done, in little
+CPU (the figures, with one- and two-channel tasks up to 4096 channels: docs/benchmarks.md, "The
+channel sweep", `make bench`). Here in tasks of 16 channels: in two-channel tasks (1024 tasks of
+about 0.9 s each on 2 workers) the test took 651 s under load 3-15, a task's fixed cost, not the
+driver's, more than CI's budget allows."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from conftest import assert_same_cube
 pytestmark = pytest.mark.casa
 
 NCHAN = 2048
+CHANNELS_PER_TASK = 16
+TASKS = NCHAN // CHANNELS_PER_TASK
 # `status`'s own CPU (imports included): 0.18-0.27 s on 512- to 4096-task run directories under load
 # 20-30; 0.57-0.79 s when it imported dask and distributed through the imaging modes.
 STATUS_CPU_SECONDS = 0.5
@@ -46,7 +49,7 @@ def test_thousands_of_one_or_two_channel_tasks_equal_serial_and_status_answers(t
     with contextlib.chdir(tmp_path):
         tclean(imagename=str(tmp_path / "serial"), **keywords)
     (tmp_path / "cube.toml").write_text("[tclean]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keywords.items())
-                                        + 'imagename = "cube"\n[parallel]\nchannels_per_task = 2\nworkers = 2\n')
+                                        + f'imagename = "cube"\n[parallel]\nchannels_per_task = {CHANNELS_PER_TASK}\nworkers = 2\n')
     run_dir = tmp_path / "cube.hpcrun"
 
     log = tmp_path / "driver.log"  # a file, not a pipe: a thousand tasks' messages would fill one
@@ -64,11 +67,11 @@ def test_thousands_of_one_or_two_channel_tasks_equal_serial_and_status_answers(t
             driver.kill()
     assert driver.returncode == 0, log.read_text()[-2000:]
 
-    assert running["status"] == "running" and running["chunks"] == NCHAN // 2
-    assert running["done"] >= 1 and running["done"] + running["running"] + running["pending"] == NCHAN // 2
+    assert running["status"] == "running" and running["chunks"] == TASKS
+    assert running["done"] >= 1 and running["done"] + running["running"] + running["pending"] == TASKS
     done, done_cpu = _status(run_dir)
-    assert (done["status"], done["done"], done["placed"], done["pending"]) == ("complete", NCHAN // 2, NCHAN // 2, 0)
+    assert (done["status"], done["done"], done["placed"], done["pending"]) == ("complete", TASKS, TASKS, 0)
     assert running_cpu < STATUS_CPU_SECONDS and done_cpu < STATUS_CPU_SECONDS, (running_cpu, done_cpu)
     report = json.loads((run_dir / "report.json").read_text())
-    assert len(report["channels"]) == NCHAN and report["channels"][-1]["chunk"] == NCHAN // 2 - 1
+    assert len(report["channels"]) == NCHAN and report["channels"][-1]["chunk"] == TASKS - 1
     assert_same_cube(str(tmp_path / "cube"), str(tmp_path / "serial"))
