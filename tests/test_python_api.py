@@ -93,6 +93,15 @@ def test_tclean_at_niter_0_returns_what_serial_returns(tmp_path, ngc5921_ms):
     for key, want in scalars.items():
         assert returned[key] == pytest.approx(want, rel=1e-6) if isinstance(want, float) else returned[key] == want, key
     assert fields == sorted(str(k) for k in serial["summaryminor"])
+    # every plane's summary, which hpc_imager reads a block of planes at a time (run/modes/niter_zero_return.py)
+    ours = json.loads((tmp_path / "ours" / "api.hpcrun" / "report.json").read_text())["tclean_return"]["summaryminor"]
+    planes = [(f, c, s) for f in serial["summaryminor"] for c in serial["summaryminor"][f]
+              for s in serial["summaryminor"][f][c]]
+    assert len(planes) == 6
+    for f, c, s in planes:
+        want = serial["summaryminor"][f][c][s]
+        assert {k: pytest.approx(v, rel=1e-6) for k, v in want.items()} == ours[str(f)][str(c)][str(s)], (f, c, s)
+    assert serial["summaryminor"][0][5][0]["peakRes"][0] > 0
 
 
 def test_tclean_raises_the_clis_one_line_errors(tmp_path):

@@ -56,11 +56,8 @@ def timeline(run_dir: Path) -> list[Bar]:
 
 def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
     """Draw the run in ``run_dir`` into ``path`` (default ``<run_dir>/report.png``); return the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, safe beside the driver's threads
 
     run_dir = Path(run_dir)
     path = Path(path or run_dir / "report.png")
@@ -75,8 +72,8 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
 
     channels = [c for c in (status.report or {}).get("channels", []) if "peak_residual" in c]
     panels = 3 if channels else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(11, 6 + 3 * (panels - 2) + 0.35 * len(rows)),
-                             gridspec_kw={"height_ratios": [max(1, len(rows)), 3, 3][:panels]})
+    fig = Figure(figsize=(11, 6 + 3 * (panels - 2) + 0.35 * len(rows)))
+    axes = fig.subplots(panels, 1, gridspec_kw={"height_ratios": [max(1, len(rows)), 3, 3][:panels]})
     axis, memory = axes[0], axes[1]
     # One collection per row and colour, not one artist per bar: 4096 one-channel tasks took 8.4 s of
     # CPU to draw bar by bar (matplotlib updates the axes' limits for every patch), 1.2 s so.
@@ -132,7 +129,6 @@ def write_report_png(run_dir: Path, path: Path | None = None) -> Path:
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     tmp.replace(path)
     return path
 

@@ -124,12 +124,10 @@ class NiterZero(WholeChunks):
     title: ClassVar[str] = "niter 0"
 
     def tclean_return(self, result: ModeResult, tclean_params: dict) -> dict:
-        """Serial tclean's niter-0 return: made by casatasks' own ImagingDict from the cube's residual."""
-        from casatasks.private.imagerhelpers.imager_return_dict import ImagingDict
+        """Serial tclean's niter-0 return, as casatasks' ImagingDict makes it from the cube's products."""
+        from .niter_zero_return import niter_zero_return
 
-        from ...imaging.imager_records import imager_parameters
-
-        return ImagingDict().construct_residual_dict(imager_parameters(tclean_params, tclean_params["imagename"]))
+        return niter_zero_return(tclean_params)
 
 
 class PerChunkCleaning(WholeChunks):
