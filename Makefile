@@ -22,7 +22,7 @@ schedulers:
 	bash .ci/start-schedulers
 
 test: setup schedulers
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 	$(MAKE) test-casa-other
 
 # The other tested CASA releases (pyproject.toml's range), each in its venv with CASA installed first,

@@ -16,7 +16,9 @@ user would), one after the other, on the same machine, with the same tclean keyw
 - the driver's own cost per task: 10 000 trivial tasks through the real driver loop (journal,
   progress bar, retries with 1 % injected failures) on 2 local workers;
 - ``--only multicube``: NGC5921 cut into 2 and 4 spectral windows, each its own cube, submitted one
-  after another against all in one submission (benchmarks/multicube.py).
+  after another against all in one submission (benchmarks/multicube.py);
+- ``--only mosaic``: the wide mosaic of tests/test_mosaic.py (4 pointings, 24 × 1 MHz) at niter 0 and
+  100: serial tclean, mpicasa and hpc_imager's default, every product against serial's plane by plane.
 
 Writes ``<out>/bench-<UTC time>.json`` and ``.png`` and prints a summary. Ratios are meaningful
 only within one run: the machine may be shared, and the load average is recorded before and
@@ -236,6 +238,55 @@ def difference_from_serial(serial: Path, other: Path) -> dict:
             "planes_over_1e-5": [c for c, d in enumerate(differences) if d > 1e-5]}
 
 
+def products_against_serial(serial: str, other: str, products=("image", "residual", "model", "psf", "pb")) -> dict:
+    """Each product's largest difference from serial's as a fraction of each plane's peak, and the
+    planes over 1e-5 (a mosaic's products differ unequally: its pb and psf on the planes with other
+    beams, its image wherever cleaning saw them)."""
+    import numpy as np
+    from casatools import image
+
+    def pixels(path: str):
+        ia = image()
+        ia.open(path)
+        try:
+            return ia.getchunk()
+        finally:
+            ia.done()
+
+    compared = {}
+    for product in products:
+        want, got = pixels(f"{serial}.{product}"), pixels(f"{other}.{product}")
+        per_plane = [float(np.abs(got[..., c] - want[..., c]).max() / max(np.abs(want[..., c]).max(), 1e-30))
+                     for c in range(want.shape[-1])]
+        compared[product] = {"max": round(max(per_plane), 6), "planes_over_1e-5": [c for c, d in enumerate(per_plane)
+                                                                                   if d > 1e-5]}
+    return compared
+
+
+WIDE_MOSAIC = {"gridder": "mosaic", "imsize": [96, 96], "cell": ["30arcsec"], "specmode": "cube",
+               "phasecenter": "J2000 12h00m00s +40d00m00s", "datacolumn": "data"}  # as tests/test_mosaic.py
+
+
+def mosaic_comparison(vis: Path, niter: int, work: Path) -> dict:
+    """The wide mosaic (issue 19: 4 pointings, 24 × 1 MHz): serial tclean, mpicasa with 2 servers and
+    hpc_imager's default, every product of both against serial's, plane by plane. No chunking short of
+    the whole cube gives every plane serial's primary beams (docs/correctness.md), mpicasa's included."""
+    label = f"mosaic24-niter{niter}"
+    params = dict(WIDE_MOSAIC, vis=str(vis), niter=niter)
+    entry: dict = {"cube": label, "load_before": _load()}
+    entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
+    entry["mpicasa_seconds"] = mpicasa_run(params, work, f"{label}-mpicasa")["seconds"]
+    seconds, report = hpc_imager_run(params, None, work, f"{label}-hpc")
+    entry["hpc_imager_seconds"], entry["hpc_imager_channels_per_task"] = round(seconds, 2), report["channels_per_task"]
+    entry["hpc_imager_predicted_planes_off"] = report["mosaic_beams"]["planes_off_serial"]
+    entry["load_after"] = _load()
+    serial = str(work / f"{label}-serial")
+    entry["mpicasa_vs_serial"] = products_against_serial(serial, str(work / f"{label}-mpicasa"))
+    entry["hpc_imager_vs_serial"] = products_against_serial(serial, str(work / f"{label}-hpc"))
+    print(json.dumps(entry), flush=True)
+    return entry
+
+
 def driver_overhead(tasks: int, work: Path) -> dict:
     seconds = _timed_python(f"""
         import json
@@ -356,7 +407,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="Small sizes: checks the script, measures nothing.")
     parser.add_argument("--channels-per-task", type=int, default=8)
-    parser.add_argument("--only", default="overhead,sim,ngc300,ngc0,sweep", help="Comma-separated parts, run in this order.")
+    parser.add_argument("--only", default="overhead,sim,ngc300,ngc0,sweep", help="Comma-separated parts, run in this order (also: multicube, mosaic).")
     parser.add_argument("--imsize", type=int, default=None, help="NGC5921 image side (default 1024).")
     parser.add_argument("--no-repeat", action="store_true", help="Do not run serial tclean again after the others.")
     parser.add_argument("--tasks", type=int, default=None, help="Trivial tasks for the driver overhead (default 10000).")
@@ -410,6 +461,11 @@ def main() -> None:
             results["cubes"].append(cube_comparison(f"sim{sim_nchan}-{sim_imsize}-niter0", sim, sim_nchan,
                                                     None, work, limit=True,  # each tool's default chunking
                                                     repeat_serial=not args.no_repeat))
+        elif part == "mosaic":  # niter 0 and niter 100, as tests/test_mosaic.py
+            wide = make_simulated_ms(work / "wide.ms", SimulatedObservation(
+                nchan=24, channel_width_khz=1000, pointings=4, integration_seconds=60, seconds_per_pointing=120))
+            for niter in (0, 100):
+                results.setdefault("mosaic", []).append(mosaic_comparison(wide, niter, work))
         elif part == "sweep":  # the channel sweep (benchmarks/channel_sweep.py): 500 to 4000+ channels
             from benchmarks.channel_sweep import sweep
 

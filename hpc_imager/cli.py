@@ -172,10 +172,10 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
 
     sized = size_cube(spec, profile)
     the_plan = sized.plan
-    disk = sized.disk
+    assembly = sized.assembly()
+    disk = sized.disk(assembly.kind)
     check_disk(disk, sized.spec, profile)
     script = backend_for(profile).job_script(the_plan, profile, sized.spec.run_directory)
-    assembly = sized.assembly()
     if as_json:
         click.echo(json.dumps(the_plan.as_dict() | {"disk": disk.as_dict(), "assembly": assembly.as_dict(),
                                                     "job_script": script}, indent=2))

@@ -75,6 +75,7 @@ def test_a_site_may_force_the_virtual_assembly_and_the_cube_equals_serial(tmp_pa
     assert json.loads((run_dir / "run.json").read_text())["assembly"] == "virtual"
     assert report["concat"]["concat_bytes_written"] < 100_000, "nothing is copied, nothing zero-filled"
     assert not any(e["event"] == "placed" for e in _events(run_dir))
+    assert "the cube is CASA's virtual concatenation of the parts" in run_cli("status", run_dir).stdout
     _virtual_products(tmp_path / "cube", run_dir)
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean),
                      products=("image", "residual", "psf", "pb", "sumwt", "model"))

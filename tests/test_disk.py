@@ -118,6 +118,14 @@ def test_products_too_big_for_theirs_are_refused(tmp_path, small_fs, ngc5921_ms)
     assert not (tmp_path / "products" / "cube.hpcrun").exists()
 
 
+def test_a_virtual_assembly_needs_room_for_the_parts_alone(tmp_path, small_fs, ngc5921_ms):
+    toml = _cube(tmp_path / "virtual", ngc5921_ms, 9, imagename=str(small_fs / "cube"))
+    toml.write_text(toml.read_text().replace("keep_parts = true\n", 'keep_parts = true\nassembly = "virtual"\n'))
+    line = _refused(run_cli("plan", toml, check=False), small_fs)
+    # the placed assembly's 163.43 MiB less the staged cube: the products only name the parts
+    assert "needs 82.45 MiB" in line and "kept: the virtual cube reads them" in line, line
+
+
 def test_a_site_quota_below_the_free_space_refuses(tmp_path, ngc5921_ms):
     toml = _cube(tmp_path / "quota", ngc5921_ms, 9)
     site = tmp_path / "quota-site.toml"

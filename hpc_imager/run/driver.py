@@ -188,12 +188,12 @@ def _checked(spec: CubeSpec, site: SiteProfile, resume: bool) -> _Cube:
     if not resume:
         Journal.refuse_taken(run_dir)  # one cube of several must not leave the others' journals begun
     sized = size_cube(spec, site, _started_with(run_dir, resume))
-    check_disk(sized.disk, sized.spec, site)  # before anything is written
+    choice = sized.assembly(json.loads((run_dir / "run.json").read_text()).get("assembly")
+                            if resume and (run_dir / "run.json").exists() else None)
+    check_disk(sized.disk(choice.kind), sized.spec, site)  # before anything is written
     mode = mode_for(sized.spec.iteration)()
     weighting_refusal(sized.spec.tclean.model_dump(), sized.chunks, sized.spec.iteration)
     mode.refuse(sized.spec.tclean.model_dump(), sized.chunks, sized.grid)
-    choice = sized.assembly(json.loads((run_dir / "run.json").read_text()).get("assembly")
-                            if resume and (run_dir / "run.json").exists() else None)
     return _Cube(sized, mode, run_dir, choice)
 
 
@@ -267,7 +267,7 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
         console.print(
             f"hpc_imager: {grid.nchan} channels in {len(chunks)} chunks of {spec.parallel.channels_per_task}"
             f" ({len(chunks) - len(todo)} already done; {mode.title}; {choice.kind} assembly); run directory {run_dir};"
-            f" {sized.disk.summary()}"
+            f" {sized.disk(choice.kind).summary()}"
         )
         started = time.time()
         _import_in_background("matplotlib.figure")  # report.png's, while the workers image

@@ -139,6 +139,7 @@ class RunStatus:
             "failed_attempts": sum(len(c.errors) for c in self.chunks.values()),
             "retried_chunks": sorted(c.index for c in self.chunks.values() if c.errors),
             "placed": sum(c.placed for c in self.chunks.values()),
+            "assembly": self.identity.get("assembly", "placed"),  # virtual: nothing is placed until the end
             "workers_seen": self.workers(),
             "planned_workers": self.planned_workers(),
             "planned_jobs": self.planned("jobs"),
@@ -210,12 +211,19 @@ def _duration(seconds: float | None, why_unknown: str = "no chunk finished yet")
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _assembled(d: dict, finished: bool) -> str:
+    if d["assembly"] != "virtual":
+        return f"{d['placed']} placed in the cube"
+    return ("the cube is CASA's virtual concatenation of the parts, which it reads" if finished
+            else "the parts become one virtual cube after the last chunk (nothing is copied)")
+
+
 def format_status(status: RunStatus) -> str:
     d = status.as_dict()
     lines = [
         f"run {d['run_dir']} ({d['imagename']}): {d['status']}",
         f"chunks {d['chunks']}: {d['done']} done, {d['running']} running (or waiting on a worker), {d['failed']} failed,"
-        f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); {d['placed']} placed in the cube",
+        f" {d['pending']} pending ({d['failed_attempts']} failed attempts in all); " + _assembled(d, status.finished),
         f"workers: {d['planned_workers'] or '?'} planned in {d['planned_jobs'] or '?'} job(s),"
         f" {len(d['workers_seen'])} have finished tasks"
         f" ({', '.join(d['workers_seen']) or 'none yet'})"

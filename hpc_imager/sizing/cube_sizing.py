@@ -30,10 +30,10 @@ class SizedCube:
         """Made when asked: ``estimate`` shows one task's need even where the site cannot hold it."""
         return make_plan(self.spec, self.site, self.estimate, len(self.chunks))
 
-    @cached_property
-    def disk(self) -> DiskNeed:
-        """What the run will write, where (``disk.check_disk`` refuses what a file system cannot hold)."""
-        return disk_need(self.spec, self.chunks)
+    def disk(self, assembly: str) -> DiskNeed:
+        """What the run will write, where, with its ``assembly`` (``disk.check_disk`` refuses what a file
+        system cannot hold)."""
+        return disk_need(self.spec, self.chunks, assembly)
 
     def assembly(self, started: str | None = None) -> AssemblyChoice:
         """The final cube's assembly: the one a resumed run ``started`` with (its parts are assembled

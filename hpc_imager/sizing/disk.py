@@ -43,6 +43,9 @@ PART_OVERHEAD = 51_000
 MASK_OVERHEAD = 5_500
 BEAM_BYTES = 560  # a plane's beam in the table's keywords (measured 557 B)
 FITS_BLOCK = 2880
+# A virtual product (run/concat.py's VirtualAssembly) is a folder with imageconcat.json naming its parts
+# by absolute path: a few hundred bytes per part (generous: paths under a long run directory).
+VIRTUAL_PRODUCT_BYTES, VIRTUAL_BYTES_PER_PART = 4_000, 400
 # The products [run] fits = true also writes as FITS (run/concat.py's exportfits), beside the CASA images.
 FITS_PRODUCTS = ("image", "image.pbcor")
 MOSAIC_GRIDDERS = ("mosaic", "mosaicft", "awproject", "awp2", "awphpg")
@@ -81,30 +84,40 @@ class DiskNeed:
     products_bytes: int  # the final products at imagename (and staged in <run>/assembled until moved there)
     parts_bytes: int  # every chunk's part in <run>/parts
     iteration_bytes: int  # whole-cube iteration: the chunks' cycle images in <run>/iteration
+    assembly: str = "placed"  # virtual: no staged cube; the products name the parts, which stay
+
+    @property
+    def staged_bytes(self) -> int:
+        return self.products_bytes if self.assembly == "placed" else 0
 
     @property
     def run_directory_bytes(self) -> int:
         """The run directory at its peak: the parts, the staged cube and the cycle images at once (when
         the last chunk is restored), or two copies of the cycle images in a step, whichever is more."""
-        return max(self.parts_bytes + self.products_bytes + self.iteration_bytes, 2 * self.iteration_bytes)
+        return max(self.parts_bytes + self.staged_bytes + self.iteration_bytes, 2 * self.iteration_bytes)
 
     def as_dict(self) -> dict:
         return asdict(self) | {"run_directory_bytes": self.run_directory_bytes}
 
     def summary(self) -> str:
         text = (f"disk: final products {format_bytes(self.products_bytes)}; run directory up to "
-                f"{format_bytes(self.run_directory_bytes)} (parts {format_bytes(self.parts_bytes)}, staged cube "
-                f"{format_bytes(self.products_bytes)}")
+                f"{format_bytes(self.run_directory_bytes)} (parts {format_bytes(self.parts_bytes)}"
+                + (f", staged cube {format_bytes(self.products_bytes)}" if self.assembly == "placed"
+                   else ", kept: the virtual cube reads them"))
         if self.iteration_bytes:
             text += f", cycle images {format_bytes(self.iteration_bytes)}"
         return text + ")"
 
 
-def disk_need(spec: CubeSpec, chunks: list[Chunk]) -> DiskNeed:
-    """What the run writes for ``chunks`` (guard channels are trimmed before a part is kept)."""
+def disk_need(spec: CubeSpec, chunks: list[Chunk], assembly: str = "placed") -> DiskNeed:
+    """What the run writes for ``chunks`` (guard channels are trimmed before a part is kept), its cube
+    assembled by copying the parts into place or (``virtual``) as CASA's virtual concatenation."""
     made = products(spec)
     nchan = sum(c.nchan for c in chunks)
-    final = sum(image_bytes(spec, p, nchan) for p in made)
+    if assembly == "virtual":
+        final = len(made) * (VIRTUAL_PRODUCT_BYTES + VIRTUAL_BYTES_PER_PART * len(chunks))
+    else:
+        final = sum(image_bytes(spec, p, nchan) for p in made)
     if spec.run.fits:  # the same float32 pixels again, and a header of FITS's 2880-byte blocks
         pixels = image_pixels(spec.tclean.imsize) * stokes_planes(spec.tclean.stokes) * nchan
         final += sum(PIXEL_BYTES * pixels + 2 * FITS_BLOCK for p in made if p in FITS_PRODUCTS)
@@ -114,7 +127,7 @@ def disk_need(spec: CubeSpec, chunks: list[Chunk]) -> DiskNeed:
     cycling = [p for p in made if not p.startswith("image")]
     iteration = (sum(image_bytes(spec, p, c.nchan + c.guard) for c in chunks for p in cycling)
                  if spec.iteration == "cube" else 0)
-    return DiskNeed(products_bytes=final, parts_bytes=parts, iteration_bytes=iteration)
+    return DiskNeed(products_bytes=final, parts_bytes=parts, iteration_bytes=iteration, assembly=assembly)
 
 
 def _existing(path: Path) -> Path:
