@@ -6,10 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -84,6 +87,23 @@ def run_cli(*args, env: dict | None = None, cwd: Path | None = None, check: bool
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def submit_killed_with_sigkill(args: list, when: Callable[[], bool], timeout: float = 300) -> None:
+    """``python -m hpc_imager submit ARGS`` as a user starts it, SIGKILLed once ``when()`` holds, with
+    its local workers (its session: they outlive the driver briefly and must not reach the next test)."""
+    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", *map(str, args)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while not when():
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            assert time.time() < deadline, "no progress in the journal"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
 
 
 def read_cube(imagename: str) -> dict:

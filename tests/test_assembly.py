@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_cube, run_cli, write_cube_toml
+from conftest import assert_same_cube, run_cli, submit_killed_with_sigkill, write_cube_toml
 
 pytestmark = pytest.mark.casa
 
@@ -86,23 +81,8 @@ def test_a_virtual_assembly_run_killed_with_sigkill_resumes_to_the_serial_cube(t
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
     cube.write_text(cube.read_text() + '\n[run]\nassembly = "virtual"\n')
     run_dir = tmp_path / "cube.hpcrun"
-    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", str(cube)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not (run_dir / "journal.jsonl").exists() or sum(e["event"] == "done" for e in _events(run_dir)) < 3:
-            assert driver.poll() is None, "the driver ended before it could be killed"
-            assert time.time() < deadline, "no progress in the journal"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # its worker processes outlive it briefly
-        except ProcessLookupError:
-            pass
+    submit_killed_with_sigkill([cube], lambda: (run_dir / "journal.jsonl").exists() and sum(
+        e["event"] == "done" for e in _events(run_dir)) >= 3)
     done_before_kill = {e["chunk"] for e in _events(run_dir) if e["event"] == "done"}
     assert 3 <= len(done_before_kill) < 10 and not list(tmp_path.glob("cube.image*"))
     before = len(_events(run_dir))

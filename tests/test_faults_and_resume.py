@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_cube, run_cli, write_cube_toml
+from conftest import assert_same_cube, run_cli, submit_killed_with_sigkill, write_cube_toml
 
 pytestmark = pytest.mark.casa
 
@@ -61,19 +56,7 @@ def test_driver_killed_with_sigkill_is_resumed_without_redoing_finished_chunks(t
     tclean = {"nchan": -1}
     cube = write_cube_toml(tmp_path, ngc5921_ms, tclean, {"channels_per_task": 2, "workers": 2})
     run_dir = tmp_path / "cube.hpcrun"
-    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", str(cube)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while sum(e["event"] == "done" for e in journal_events(run_dir)) < 6:
-            assert driver.poll() is None, "the driver ended before it could be killed"
-            assert time.time() < deadline, "no progress in the journal"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    submit_killed_with_sigkill([cube], lambda: sum(e["event"] == "done" for e in journal_events(run_dir)) >= 6)
     done_before_kill = {e["chunk"] for e in journal_events(run_dir) if e["event"] == "done"}
     assert done_before_kill and len(done_before_kill) < 32
     assert not list(tmp_path.glob("cube.image*"))
@@ -89,12 +72,5 @@ def test_driver_killed_with_sigkill_is_resumed_without_redoing_finished_chunks(t
     assert_same_cube(str(tmp_path / "cube"), serial_reference(**tclean))
     finished = json.loads(run_cli("status", run_dir, "--json").stdout)
     assert (finished["status"], finished["done"], finished["placed"]) == ("complete", 32, 32)
-    _kill_session_leftovers(driver.pid)
 
 
-def _kill_session_leftovers(session: int) -> None:
-    """The killed driver's worker processes outlive it briefly; don't leave them to the next test."""
-    try:
-        os.killpg(session, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -4,15 +4,10 @@ run directory, journal, report and --resume, each equal to its own serial tclean
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_cube, run_cli, write_cube_toml
+from conftest import assert_same_cube, run_cli, submit_killed_with_sigkill, write_cube_toml
 
 pytestmark = pytest.mark.casa
 
@@ -63,20 +58,7 @@ def test_a_submission_killed_with_sigkill_resumes_every_cube_without_reimaging_w
     a = write_cube_toml(tmp_path / "a", ngc5921_ms, small, {"channels_per_task": 2, "workers": 2})
     b = write_cube_toml(tmp_path / "b", ngc5921_ms, whole, {"channels_per_task": 2, "workers": 2})
     a_run, b_run = tmp_path / "a" / "cube.hpcrun", tmp_path / "b" / "cube.hpcrun"
-    driver = subprocess.Popen([sys.executable, "-m", "hpc_imager", "submit", str(a), str(b)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not ((a_run / "report.json").exists() and len(times(b_run, "done")) >= 6):
-            assert driver.poll() is None, "the driver ended before it could be killed"
-            assert time.time() < deadline, "no progress in the journals"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    _kill_session_leftovers(driver.pid)
+    submit_killed_with_sigkill([a, b], lambda: (a_run / "report.json").exists() and len(times(b_run, "done")) >= 6)
     done_before_kill = {e["chunk"] for e in events(b_run) if e["event"] == "done"}
     assert done_before_kill and len(done_before_kill) < 32, "killed mid-run"
     before = {run: len(events(run)) for run in (a_run, b_run)}
@@ -123,9 +105,3 @@ def test_a_submission_with_a_cube_that_cannot_run_is_refused_before_anything_is_
     assert not (tmp_path / "a" / "cube.hpcrun").exists(), "the first cube's run was not begun"
 
 
-def _kill_session_leftovers(session: int) -> None:
-    """The killed driver's worker processes outlive it briefly; don't leave them to the next test."""
-    try:
-        os.killpg(session, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -29,9 +29,10 @@ def chunking_caveats(tclean_params: dict, chunks: list, mosaic_beams: dict | Non
     (:mod:`mosaic_beams`, which predicts them plane by plane), so a chunk can get other beams than the
     whole cube, and no keyword moves it onto the whole cube's. Measured on the simulated 4-pointing
     mosaic of 24 × 1 MHz at 96², niter 0, against serial tclean: chunks of 12 put planes 0-12 off
-    (image 15 % of the plane peak, pb 21 %, psf 1.3 %); mpicasa's 2 sub-cubes of 12 the same 13
-    planes (image 28 %, pb 21 %, psf 1.4 %, issue 19). Chunks of 6 put all 24 off, 6 more than
-    predicted, so the prediction is a lower bound and the line says "at least"."""
+    (image 15 % of the plane peak, pb 21 %, psf 1.3 %), as mpicasa's 2 sub-cubes of 12 do, to 6 digits;
+    at niter 100 cleaning spreads it to every plane (image 31 %, mpicasa's 46 %; docs/correctness.md).
+    Chunks of 6 put all 24 off, 6 more than predicted, so the prediction is a lower bound and the line
+    says "at least"."""
     if "mosaic" not in tclean_params["gridder"] or len(chunks) < 2:
         return []
     if mosaic_beams is not None and not mosaic_beams["planes_off_serial"]:
@@ -45,8 +46,9 @@ def chunking_caveats(tclean_params: dict, chunks: list, mosaic_beams: dict | Non
         which = f"planes {_ranges(off)} ({len(off)} of {len(mosaic_beams['per_plane'])}) at least get"
     return [f"the mosaic gridder picks primary beams from each chunk's own channels: {which} other beams than"
             " serial tclean (as in CASA's own parallel imaging; measured on a 4-pointing 24 × 1 MHz mosaic:"
-            " image up to 15 % of the plane peak, pb 21 %, psf 1.3 %; mpicasa 28 %, 21 %, 1.4 %; per plane in"
-            " report.json); channels_per_task >= nchan images it as serial tclean does"]
+            " image up to 15 % of the plane peak, pb 21 %, psf 1.3 %, as mpicasa's; cleaning spreads it to every"
+            " plane, at niter 100 image 31 %, mpicasa's 46 %; --compare-serial measures it per plane);"
+            " channels_per_task >= nchan images it as serial tclean does"]
 
 
 def return_freed_heap() -> None:

@@ -326,12 +326,15 @@ def _image(run: RunContext, mode: ImagingMode, sized: SizedCube, compare_serial:
         report["channels"] = channel_records(imagename, chunks, report["tclean_return"])
         report["wall_seconds"] = time.time() - started
         if compare_serial:
-            from ..imaging.serial_check import compare_with_serial
+            from ..imaging.serial_check import compare_with_serial, stop_line
 
             with _SERIAL_TCLEAN:
-                report["serial_comparison"] = compare_with_serial(spec.tclean.model_dump(), run_dir)
+                report["serial_comparison"], report["serial_stop"] = compare_with_serial(
+                    spec.tclean.model_dump(), run_dir, report["tclean_return"])
             worst = {p: f"{v['max']:.2g}" for p, v in report["serial_comparison"].items()}
             console.print(f"hpc_imager: largest per-plane difference from serial tclean (of the plane peak): {worst}")
+            if stop_line(report["serial_stop"]):
+                console.print(f"hpc_imager: stopped unlike serial tclean: {stop_line(report['serial_stop'])}")
         _write_report(run_dir, report)
         _draw_report(run_dir, console)
         if not spec.run.keep_parts and assembly.kind == "placed":
