@@ -67,6 +67,17 @@ def _timed_python(code: str, log: Path, **extra_env: str) -> float:
     return seconds
 
 
+STOP = ("iterdone", "nmajordone", "stopcode")  # how a cleaning run stopped (tclean's return)
+
+
+def tclean_stop(log: Path) -> dict:
+    """The iterations, major cycles and stop code a serial or mpicasa run printed into its log."""
+    import ast
+
+    lines = [line for line in log.read_text().splitlines() if line.startswith("tclean_stop ")]
+    return ast.literal_eval(lines[-1].split(" ", 1)[1]) if lines else {}
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -93,7 +104,8 @@ def serial_tclean(params: dict, work: Path, name: str, **extra_env: str) -> floa
         from casatasks import casalog, tclean
         casalog.showconsole(False)
         casalog.setlogfile({str(work / f"{name}.casa.log")!r})
-        tclean(**{dict(params, imagename=str(work / name))!r})
+        returned = tclean(**{dict(params, imagename=str(work / name))!r}) or {{}}
+        print("tclean_stop", {{k: int(returned[k]) for k in {STOP!r} if k in returned}})
         """, work / f"{name}.log", **extra_env)
 
 
@@ -142,8 +154,9 @@ def mpicasa_run(params: dict, work: Path, name: str) -> dict:
         from casatasks import casalog, tclean  # on ranks 1-2 this import serves until the client ends
         casalog.showconsole(False)
         started = time.time()
-        tclean(**{dict(params, imagename=str(work / name), parallel=True)!r})
+        returned = tclean(**{dict(params, imagename=str(work / name), parallel=True)!r}) or {{}}
         print("tclean_seconds", time.time() - started)
+        print("tclean_stop", {{k: int(returned[k]) for k in {STOP!r} if k in returned}})
         """)
     env = _env(**(MPI_AS_ROOT if os.geteuid() == 0 else {}))
     started = time.time()
@@ -280,6 +293,10 @@ def mosaic_comparison(vis: Path, niter: int, work: Path) -> dict:
     entry["hpc_imager_seconds"], entry["hpc_imager_channels_per_task"] = round(seconds, 2), report["channels_per_task"]
     entry["hpc_imager_predicted_planes_off"] = report["mosaic_beams"]["planes_off_serial"]
     entry["load_after"] = _load()
+    if niter:
+        entry["stop"] = {"serial": tclean_stop(work / f"{label}-serial.log"),
+                         "mpicasa": tclean_stop(work / f"{label}-mpicasa.log"),
+                         "hpc_imager": {k: report["tclean_return"].get(k) for k in STOP}}
     serial = str(work / f"{label}-serial")
     entry["mpicasa_vs_serial"] = products_against_serial(serial, str(work / f"{label}-mpicasa"))
     entry["hpc_imager_vs_serial"] = products_against_serial(serial, str(work / f"{label}-hpc"))
