@@ -146,31 +146,3 @@ def test_per_chunk_iteration_each_chunk_equals_serial_on_its_channels(tmp_path, 
     assert sorted(b.chunk for b in timeline(tmp_path / "cube.hpcrun") if b.kind == "done") == [0, 1]
 
 
-def test_mosaic_in_chunks_of_three_equals_serial_as_predicted(tmp_path):
-    """The mosaic gridder picks its primary beams' frequencies from each image's own data channels: on 6
-    channels of 100 kHz one beam serves the cube and every chunk of 3 or more (an image of 1 or 2
-    channels gets one per channel), so mosaic_beams predicts no plane off and the run warns of none."""
-    import contextlib
-
-    from casatasks import tclean
-
-    from hpc_imager.simulated_ms import SimulatedObservation, make_simulated_ms
-
-    ms = make_simulated_ms(tmp_path / "mosaic.ms", SimulatedObservation(
-        nchan=6, pointings=4, integration_seconds=60, seconds_per_pointing=120))
-    keywords = {"vis": str(ms), "gridder": "mosaic", "imsize": [192, 192], "cell": ["15arcsec"],
-                "phasecenter": "J2000 12h00m00s +40d00m00s", "datacolumn": "data", "specmode": "cube"}
-    with contextlib.chdir(tmp_path):
-        tclean(imagename=str(tmp_path / "serial"), **keywords)
-    (tmp_path / "cube.toml").write_text("[tclean]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keywords.items())
-                                        + 'imagename = "cube"\n[parallel]\nchannels_per_task = 3\nworkers = 2\n')
-
-    result = run_cli("submit", "--site", "local", tmp_path / "cube.toml")
-
-    assert "mosaic gridder" not in result.stderr
-    assert_same_cube(str(tmp_path / "cube"), str(tmp_path / "serial"), ("image", "residual", "psf", "pb", "sumwt",
-                                                                         "weight"))
-    report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
-    assert report["chunks"] == 2 and report["caveats"] == []
-    assert report["mosaic_beams"]["planes_off_serial"] == []
-    assert_workers_ran_with_speed_environ(report)

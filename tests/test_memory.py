@@ -1,5 +1,5 @@
 """Memory truth for real: the probe through the CLI, a mosaic cube on a shared site with limits sized
-from the probe, and a site calibrated from finished runs' reports."""
+from the probe (and equal to serial), and a site calibrated from finished runs' reports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_cube_toml
+from conftest import assert_same_cube, assert_workers_ran_with_speed_environ, run_cli, write_cube_toml
 
 from hpc_imager.inputs.site_profile import load_site
 
@@ -72,26 +72,40 @@ def test_calibrate_from_reports_refuses_what_is_not_a_report(tmp_path):
     assert result.returncode == 2 and "not a run report" in result.stderr
 
 
-def test_mosaic_cube_on_a_shared_site_sized_by_its_probe(tmp_path):
+def test_mosaic_cube_on_a_shared_site_sized_by_its_probe_equals_serial_as_predicted(tmp_path):
     """The mosaic gridder's convolution-function caches are what the default model knows least: the
     probe measures them, and no task goes over its worker's limit, nothing is retried for memory, and
-    the limits are within 20 % of what the tasks took."""
+    the limits are within 20 % of what the tasks took. It picks its primary beams' frequencies from
+    each image's own data channels: on 9 channels of 100 kHz one beam serves the cube and every chunk
+    of 3 or more (an image of 1 or 2 channels gets one per channel), so mosaic_beams predicts no plane
+    off, the run warns of none, and the cube equals serial tclean's. (One test for both: every mosaic
+    step costs ~20 s of convolution functions at any image size, an FFT of ~3600², perf.)"""
+    import contextlib
+
+    from casatasks import tclean
+
     from hpc_imager.simulated_ms import SimulatedObservation, make_simulated_ms
 
     ms = make_simulated_ms(tmp_path / "mosaic.ms", SimulatedObservation(
-        nchan=6, pointings=4, integration_seconds=60, seconds_per_pointing=120))
+        nchan=9, pointings=4, integration_seconds=60, seconds_per_pointing=120))
+    keywords = {"vis": str(ms), "gridder": "mosaic", "imsize": [192, 192], "cell": ["15arcsec"],
+                "phasecenter": "J2000 12h00m00s +40d00m00s", "datacolumn": "data", "specmode": "cube"}
+    with contextlib.chdir(tmp_path):
+        tclean(imagename=str(tmp_path / "serial"), **keywords)
     (tmp_path / "shared.toml").write_text(
         'description = "this machine, limits as on a shared node"\nscheduler = "local"\nnode_cores = 2\n'
         'node_memory = "auto"\nmemory_policy = "shared"\nwalltime_default = "01:00:00"\nwalltime_max = "02:00:00"\n')
-    (tmp_path / "cube.toml").write_text(
-        f'[tclean]\nvis = "{ms}"\nimagename = "mosaic"\ngridder = "mosaic"\nimsize = [192, 192]\n'
-        'cell = ["15arcsec"]\nphasecenter = "J2000 12h00m00s +40d00m00s"\ndatacolumn = "data"\n'
-        '[parallel]\nchannels_per_task = 2\n')
-    run_cli("submit", "--site", tmp_path / "shared.toml", tmp_path / "cube.toml", timeout=1200)
+    (tmp_path / "cube.toml").write_text("[tclean]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keywords.items())
+                                        + 'imagename = "mosaic"\n[parallel]\nchannels_per_task = 3\n')
+    result = run_cli("submit", "--site", tmp_path / "shared.toml", tmp_path / "cube.toml", timeout=1200)
 
     report = json.loads((tmp_path / "mosaic.hpcrun" / "report.json").read_text())
     assert report["status"] == "complete" and report["probe"]["measured_by_this_run"]
-    assert any("mosaic gridder" in caveat for caveat in report["caveats"])  # chunks of 2 differ from serial
+    assert "mosaic gridder" not in result.stderr and report["caveats"] == []
+    assert report["mosaic_beams"]["planes_off_serial"] == []
+    assert_same_cube(str(tmp_path / "mosaic"), str(tmp_path / "serial"),
+                     ("image", "residual", "psf", "pb", "sumwt", "weight"))
+    assert_workers_ran_with_speed_environ(report)
     assert report["memory_retries"] == [] and report["failures"] == []
     assert len(report["probe"]["plans"]) == 1, "the probe itself was not retried with more memory"
     limit = report["plan"]["worker_memory_limit_bytes"]

@@ -41,11 +41,12 @@ def test_two_cubes_of_different_modes_share_the_workers_and_each_equals_its_seri
     assert reports[0]["plan"] == reports[1]["plan"] and reports[0]["plan"]["chunks"] == 8 + 3, "one plan for both"
     assert_same_cube(str(tmp_path / "a" / "cube"), serial_reference(**NITER_ZERO), PRODUCTS)
     assert_same_cube(str(tmp_path / "b" / "cube"), serial_reference(**CLEANED), PRODUCTS)
-    # interleaved on the same workers: each cube had tasks submitted while the other's were finishing
+    # interleaved on the same workers: the second cube's tasks went out while the first's were finishing
+    # (not the converse: the first cube's 8 one-step chunks may all be out before the second's first step
+    # is done, as in the fresh-clone CI run of 2026-12-03)
     a_run, b_run = tmp_path / "a" / "cube.hpcrun", tmp_path / "b" / "cube.hpcrun"
-    a_done, b_done = times(a_run, "done"), times(b_run, "step done")
+    a_done = times(a_run, "done")
     assert any(min(a_done) < t < max(a_done) for t in times(b_run, "submitted"))
-    assert any(min(b_done) < t < max(b_done) for t in times(a_run, "submitted"))
     assert {m["worker"] for m in reports[0]["chunk_metrics"]} == {m["worker"] for m in reports[1]["chunk_metrics"]}
     status = json.loads(run_cli("status", a_run, b_run, "--json").stdout)
     assert [s["status"] for s in status] == ["complete", "complete"]
