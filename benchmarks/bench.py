@@ -17,8 +17,8 @@ user would), one after the other, on the same machine, with the same tclean keyw
   progress bar, retries with 1 % injected failures) on 2 local workers;
 - ``--only multicube``: NGC5921 cut into 2 and 4 spectral windows, each its own cube, submitted one
   after another against all in one submission (benchmarks/multicube.py);
-- ``--only mosaic``: the wide mosaic of tests/test_mosaic.py (4 pointings, 24 × 1 MHz) at niter 0 and
-  100: serial tclean, mpicasa and hpc_imager's default, every product against serial's plane by plane.
+- ``--only mosaic``: the wide mosaic of tests/test_mosaic.py (4 pointings, 24 × 1 MHz) at niter 0, 100
+  and 100 with nmajor 1: serial tclean, mpicasa and hpc_imager's default, every product against serial's plane by plane.
 
 Writes ``<out>/bench-<UTC time>.json`` and ``.png`` and prints a summary. Ratios are meaningful
 only within one run: the machine may be shared, and the load average is recorded before and
@@ -280,12 +280,17 @@ WIDE_MOSAIC = {"gridder": "mosaic", "imsize": [96, 96], "cell": ["30arcsec"], "s
                "phasecenter": "J2000 12h00m00s +40d00m00s", "datacolumn": "data"}  # as tests/test_mosaic.py
 
 
-def mosaic_comparison(vis: Path, niter: int, work: Path) -> dict:
+# niter 0, niter 100 (4 major cycles, 72 s of serial tclean), and niter 100 stopped after one clean
+# cycle by nmajor (42 s): tests/test_mosaic.py takes the first and the last
+MOSAIC_CLEANING = ({"niter": 0}, {"niter": 100}, {"niter": 100, "nmajor": 1})
+
+
+def mosaic_comparison(vis: Path, cleaning: dict, work: Path) -> dict:
     """The wide mosaic (issue 19: 4 pointings, 24 × 1 MHz): serial tclean, mpicasa with 2 servers and
     hpc_imager's default, every product of both against serial's, plane by plane. No chunking short of
     the whole cube gives every plane serial's primary beams (docs/correctness.md), mpicasa's included."""
-    label = f"mosaic24-niter{niter}"
-    params = dict(WIDE_MOSAIC, vis=str(vis), niter=niter)
+    label = "mosaic24-" + "-".join(f"{k}{v}" for k, v in cleaning.items())
+    params = dict(WIDE_MOSAIC, vis=str(vis), **cleaning)
     entry: dict = {"cube": label, "load_before": _load()}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
     entry["mpicasa_seconds"] = mpicasa_run(params, work, f"{label}-mpicasa")["seconds"]
@@ -293,7 +298,7 @@ def mosaic_comparison(vis: Path, niter: int, work: Path) -> dict:
     entry["hpc_imager_seconds"], entry["hpc_imager_channels_per_task"] = round(seconds, 2), report["channels_per_task"]
     entry["hpc_imager_predicted_planes_off"] = report["mosaic_beams"]["planes_off_serial"]
     entry["load_after"] = _load()
-    if niter:
+    if cleaning["niter"]:
         entry["stop"] = {"serial": tclean_stop(work / f"{label}-serial.log"),
                          "mpicasa": tclean_stop(work / f"{label}-mpicasa.log"),
                          "hpc_imager": {k: report["tclean_return"].get(k) for k in STOP}}
@@ -478,11 +483,11 @@ def main() -> None:
             results["cubes"].append(cube_comparison(f"sim{sim_nchan}-{sim_imsize}-niter0", sim, sim_nchan,
                                                     None, work, limit=True,  # each tool's default chunking
                                                     repeat_serial=not args.no_repeat))
-        elif part == "mosaic":  # niter 0 and niter 100, as tests/test_mosaic.py
+        elif part == "mosaic":  # MOSAIC_CLEANING
             wide = make_simulated_ms(work / "wide.ms", SimulatedObservation(
                 nchan=24, channel_width_khz=1000, pointings=4, integration_seconds=60, seconds_per_pointing=120))
-            for niter in (0, 100):
-                results.setdefault("mosaic", []).append(mosaic_comparison(wide, niter, work))
+            for cleaning in MOSAIC_CLEANING:
+                results.setdefault("mosaic", []).append(mosaic_comparison(wide, cleaning, work))
         elif part == "sweep":  # the channel sweep (benchmarks/channel_sweep.py): 500 to 4000+ channels
             from benchmarks.channel_sweep import sweep
 

@@ -15,13 +15,15 @@ pytestmark = pytest.mark.casa
 KEYWORDS = {"gridder": "mosaic", "imsize": [96, 96], "cell": ["30arcsec"], "specmode": "cube",
             "phasecenter": "J2000 12h00m00s +40d00m00s", "datacolumn": "data"}
 # mpicasa with 2 servers (sub-cubes of 12) on the same cube, make bench's mosaic part (2026-12-03,
-# results/bench-2026-12-03T0319.json): at niter 0 its products and ours are alike to 6 digits (the
-# issue's 28 % was another run); at niter 100 every plane of its image, residual and model is off
+# results/bench-2026-12-03T0738.json): at niter 0 its products and ours are alike to 6 digits (the
+# issue's 28 % was another run)
 MPICASA = {"image": 0.150, "residual": 0.150, "pb": 0.2105, "psf": 0.01286}
-MPICASA_NITER100 = {"image": 0.460, "model": 0.504, "pb": 0.2105, "psf": 0.01286}
-# ... where our residual was further off than mpicasa's 0.636 of the plane's residual peak: bounded at
-# what it measured (0.872), so that a change making it worse fails
-OURS_NITER100_RESIDUAL = 0.872
+# niter 100 stopped by nmajor after one clean cycle (49 iterations, 2 major cycles, stop code 9 in
+# serial, mpicasa and ours): mpicasa's image and residual are off in planes 0-22, ours only in 0-12.
+# (niter 100 run to its end, 4 major cycles, is twice the time and stays in make bench: there our
+# residual is further off than mpicasa's, docs/correctness.md)
+CLEANED = {"niter": 100, "nmajor": 1}
+MPICASA_CLEANED = {"image": 0.4976, "residual": 0.6827, "model": 0.004366, "pb": 0.2105, "psf": 0.01286}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,8 @@ def wide_mosaic(tmp_path_factory):
         nchan=24, channel_width_khz=1000, pointings=4, integration_seconds=60, seconds_per_pointing=120))
 
 
-def _submit(tmp_path, wide_mosaic, niter: int):
-    keywords = dict(KEYWORDS, vis=str(wide_mosaic), imagename="wide", niter=niter)
+def _submit(tmp_path, wide_mosaic, **cleaning):
+    keywords = dict(KEYWORDS, vis=str(wide_mosaic), imagename="wide", **cleaning)
     (tmp_path / "cube.toml").write_text("[tclean]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keywords.items())
                                         + "[parallel]\nworkers = 2\n")
     result = run_cli("submit", "--site", "local", "--no-probe", "--compare-serial", tmp_path / "cube.toml", timeout=1800)
@@ -56,24 +58,20 @@ def test_wide_mosaic_is_no_further_off_than_mpicasa_and_says_which_planes(tmp_pa
         assert off == predicted, (product, off)
 
 
-def test_wide_mosaic_cleaned_is_no_further_off_than_mpicasa_and_says_how_it_stopped(tmp_path, wide_mosaic):
-    """niter 100 in whole-cube iteration: the planes with other beams (0-12) enter the cube's cycle
-    thresholds, so every plane's image, residual and model can differ from serial's, as mpicasa's do."""
-    result, report = _submit(tmp_path, wide_mosaic, niter=100)
+def test_wide_mosaic_cleaned_is_no_further_off_than_mpicasa_and_stops_as_serial(tmp_path, wide_mosaic):
+    """niter 100, one clean cycle, in whole-cube iteration: the planes with other beams (0-12) are off
+    serial in every product, the others equal it, and the run stops where serial tclean does."""
+    result, report = _submit(tmp_path, wide_mosaic, **CLEANED)
 
     assert report["channels_per_task"] == 12 and report["mosaic_beams"]["planes_off_serial"] == list(range(13))
     compared = report["serial_comparison"]
-    for product in ("pb", "psf"):  # cleaning does not touch them: off exactly where the beams differ
+    for product in ("image", "residual", "model", "pb", "psf"):
         assert [i for i, d in enumerate(compared[product]["per_plane"]) if d > 1e-5] == list(range(13)), product
-    for product, worst in MPICASA_NITER100.items():
+    for product, worst in MPICASA_CLEANED.items():
         assert compared[product]["max"] <= worst * 1.025, (product, compared[product]["max"])
-    assert compared["residual"]["max"] <= OURS_NITER100_RESIDUAL * 1.025, compared["residual"]["max"]
-    # how it stopped, beside serial's (measured: 169 iterations against serial's 146, both 4 major
-    # cycles and stop code 1, the iteration limit)
     stop = report["serial_stop"]
     assert stop["iterdone"]["serial"] > 0 and stop["iterdone"]["this run"] == report["tclean_return"]["iterdone"]
-    assert stop["nmajordone"]["this run"] == stop["nmajordone"]["serial"]
-    assert stop["stopcode"]["this run"] == stop["stopcode"]["serial"]
+    for field in ("iterdone", "nmajordone", "stopcode"):
+        assert stop[field]["this run"] == stop[field]["serial"], (field, stop[field])
     assert "largest per-plane difference from serial tclean" in result.stderr
-    assert ("stopped unlike serial tclean: iterdone" in result.stderr) == (
-        stop["iterdone"]["this run"] != stop["iterdone"]["serial"])
+    assert "stopped unlike serial tclean" not in result.stderr
