@@ -174,7 +174,7 @@ def plan(spec: CubeSpec, profile, as_json: bool) -> None:
     the_plan = sized.plan
     assembly = sized.assembly()
     disk = sized.disk(assembly.kind)
-    check_disk(disk, sized.spec, profile)
+    check_disk([(disk, sized.spec)], profile)
     script = backend_for(profile).job_script(the_plan, profile, sized.spec.run_directory)
     if as_json:
         click.echo(json.dumps(the_plan.as_dict() | {"disk": disk.as_dict(), "assembly": assembly.as_dict(),

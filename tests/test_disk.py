@@ -135,6 +135,24 @@ def test_a_site_quota_below_the_free_space_refuses(tmp_path, ngc5921_ms):
     assert result.returncode == 2 and "has 100.00 MiB free (the site's disk_quota)" in result.stderr, result.stderr
 
 
+def test_cubes_of_one_submission_that_fit_alone_but_not_together_are_refused(tmp_path, ngc5921_ms):
+    """The cubes of one submission interleave on the workers, so their peaks can coincide: each needs
+    163.43 MiB here (parts, staged cube and products on one file system), 326.85 MiB together."""
+    a, b = (_cube(tmp_path / name, ngc5921_ms, 9) for name in ("a", "b"))
+    site = tmp_path / "quota-site.toml"
+    local = Path(__file__).parents[1] / "hpc_imager" / "site_profiles" / "local.toml"
+    site.write_text(local.read_text() + 'disk_quota = "250MiB"\n')
+    for toml in (a, b):
+        assert run_cli("plan", "--site", site, toml).returncode == 0
+    result = run_cli("submit", "--site", site, a, b, check=False)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert ("has 250.00 MiB free (the site's disk_quota) but the 2 cubes of this submission writing there "
+            "need 326.85 MiB") in line, line
+    assert f"{tmp_path / 'a' / 'cube.hpcrun'}: disk: final products" in line, line
+    assert not (tmp_path / "a" / "cube.hpcrun").exists() and not (tmp_path / "b" / "cube.hpcrun").exists()
+
+
 def test_reads_many_times_the_ms_and_over_10_gib_are_said_in_one_line():
     big = {"read_amplification": 12.0, "read_bytes": 40 * 2**30, "ms_bytes": 3 * 2**30}
     assert read_warning(big).startswith("the chunks read 40.00 GiB, 12 × the MS's 3.00 GiB")

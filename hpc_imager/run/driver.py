@@ -29,7 +29,7 @@ from ..imaging.iteration import weighting_refusal
 from ..inputs.cube_spec import CubeSpec, CubeSpecError
 from ..inputs.site_profile import SiteProfile
 from ..sizing.cube_sizing import SizedCube, size_cube
-from ..sizing.disk import check_disk, read_amplification, read_warning
+from ..sizing.disk import DiskNeed, check_disk, read_amplification, read_warning
 from ..sizing.estimate import GIB, TaskEstimate, memory_surprise
 from ..sizing.plan import Plan, shared_plan
 from .cluster_session import SharedWorkers
@@ -67,6 +67,7 @@ def image_cube(
     casa_setup.configure_offline()
     backend_for(site).check_site(site)
     cube = _checked(spec, site, resume)
+    check_disk([cube.disk], site)  # before anything is written
     journal = _journal(cube, site, resume, cube.sized.plan, console)
     if isinstance(journal, dict):
         return journal  # complete already
@@ -87,6 +88,11 @@ class _Cube:
     @property
     def spec(self) -> CubeSpec:
         return self.sized.spec
+
+    @property
+    def disk(self) -> tuple[DiskNeed, CubeSpec]:
+        """What ``check_disk`` weighs for this cube."""
+        return self.sized.disk(self.choice.kind), self.spec
 
 
 @dataclass
@@ -114,6 +120,7 @@ def image_cubes(cubes: list[tuple[Path, CubeSpec]], site: SiteProfile, *, resume
     backend.check_site(site)
     checked = [_checked(spec, site, resume) for _, spec in cubes]
     _refuse_shared_paths(cubes, checked)
+    check_disk([c.disk for c in checked], site)  # before anything is written, summed over the cubes
     # sized for the cubes left to image (a resumed submission's complete cubes take no worker)
     left = [c for c in checked if not (resume and _complete_report(c.run_dir))] or checked
     plan = shared_plan([c.sized.plan for c in left])
@@ -190,7 +197,6 @@ def _checked(spec: CubeSpec, site: SiteProfile, resume: bool) -> _Cube:
     sized = size_cube(spec, site, _started_with(run_dir, resume))
     choice = sized.assembly(json.loads((run_dir / "run.json").read_text()).get("assembly")
                             if resume and (run_dir / "run.json").exists() else None)
-    check_disk(sized.disk(choice.kind), sized.spec, site)  # before anything is written
     mode = mode_for(sized.spec.iteration)()
     weighting_refusal(sized.spec.tclean.model_dump(), sized.chunks, sized.spec.iteration)
     mode.refuse(sized.spec.tclean.model_dump(), sized.chunks, sized.grid)

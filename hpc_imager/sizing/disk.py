@@ -153,37 +153,51 @@ def _bytes_under(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def check_disk(need: DiskNeed, spec: CubeSpec, site: SiteProfile) -> None:
+def check_disk(cubes: list[tuple[DiskNeed, CubeSpec]], site: SiteProfile) -> None:
     """Refuse (``DiskRefused``) when the run directory's or the products' file system has less room than
     the run will write there, less what it has written already; the site's ``disk_quota`` caps what
-    a file system offers (a quota that its free space does not show)."""
+    a file system offers (a quota that its free space does not show). The cubes of one submission share
+    the workers and interleave, so their peaks can coincide: what they need on one file system is summed."""
     quota = parse_bytes(site.disk_quota) if site.disk_quota else None
+    wanted: dict[int, list] = {}  # device: [a path on it, bytes still to write there, the cubes' summaries]
+    for need, spec in cubes:
+        for device, (where, needed) in _cube_wants(need, spec).items():
+            mine = wanted.setdefault(device, [where, 0, []])
+            mine[1] += needed
+            mine[2].append(f"{spec.run_directory}: {need.summary()}" if len(cubes) > 1 else need.summary())
+    for where, needed, summaries in wanted.values():
+        stats = os.statvfs(_existing(where))
+        free = stats.f_bavail * stats.f_frsize
+        offered = free if quota is None else min(free, quota)
+        if needed > offered:
+            capped = " (the site's disk_quota)" if offered < free else ""
+            who = (f"{where} needs" if len(cubes) == 1
+                   else f"the {len(summaries)} cubes of this submission writing there need")
+            raise DiskRefused(
+                f"the file system on {mount_point(where)} has {format_bytes(offered)} free{capped} but {who} "
+                f"{format_bytes(needed)} ({'; '.join(summaries)}); free some space there or choose another "
+                "[run] directory or imagename")
+
+
+def _cube_wants(need: DiskNeed, spec: CubeSpec) -> dict[int, tuple[Path, int]]:
+    """One cube's bytes still to write, by file system: its run directory's and its products' (on one
+    file system the staged cube is renamed into place: the larger of the two), less what a resumed run
+    has written already (its parts, staged cube and cycle images, its products)."""
     run_dir = spec.run_directory
     product_dir = Path(spec.tclean.imagename).absolute().parent
     wanted: dict[int, list] = {}
     for where, needed in ((run_dir, need.run_directory_bytes), (product_dir, need.products_bytes)):
         device = _existing(where).stat().st_dev
-        if device in wanted:  # the same file system: the staged cube is renamed into place
+        if device in wanted:
             wanted[device][1] = max(wanted[device][1], needed)
         else:
             wanted[device] = [where, needed]
-    # what a resumed run has written already: its parts, staged cube and cycle images, its products
     written: dict[int, int] = {}
     for path in [run_dir, *(Path(f"{spec.tclean.imagename}.{p}") for p in products(spec))]:
         if path.exists():
             device = path.stat().st_dev
             written[device] = written.get(device, 0) + _bytes_under(path)
-    for device, (where, needed) in wanted.items():
-        stats = os.statvfs(_existing(where))
-        free = stats.f_bavail * stats.f_frsize
-        needed -= written.get(device, 0)
-        offered = free if quota is None else min(free, quota)
-        if needed > offered:
-            capped = " (the site's disk_quota)" if offered < free else ""
-            raise DiskRefused(
-                f"the file system on {mount_point(where)} has {format_bytes(offered)} free{capped} but {where} "
-                f"needs {format_bytes(needed)} ({need.summary()}); free some space there or choose another [run] "
-                "directory or imagename")
+    return {device: (where, max(0, needed - written.get(device, 0))) for device, (where, needed) in wanted.items()}
 
 
 # The run's reads, as a multiple of the MS's bytes, above which the summary says so.
