@@ -347,6 +347,8 @@ class CubeAssembly:
         only once the cube is in place. A one-channel cube keeps chunk 0's beam."""
         if self.nchan == 1:
             return
+        from casatools import image
+
         for product in self._products():
             staged = f"{self.staged_name}.{product}"
             if not Path(staged).exists():
@@ -354,8 +356,6 @@ class CubeAssembly:
             kept = self._beams.setdefault(product, {})
             for index, chunk in self.chunks.items():
                 if index not in kept and product not in self._beamless:
-                    from casatools import image
-
                     source = image()
                     source.open(str(part_path(self.run_dir, chunk) / f"part.{product}"))
                     try:
@@ -364,8 +364,6 @@ class CubeAssembly:
                         source.done()
             if product in self._beamless:
                 continue  # a product without beams
-            from casatools import image
-
             target = image()
             target.open(staged)
             shape = [int(n) for n in target.shape()]
