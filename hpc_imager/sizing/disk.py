@@ -171,7 +171,7 @@ def check_disk(cubes: list[tuple[DiskNeed, CubeSpec]], site: SiteProfile) -> Non
         offered = free if quota is None else min(free, quota)
         if needed > offered:
             capped = " (the site's disk_quota)" if offered < free else ""
-            who = (f"{where} needs" if len(cubes) == 1
+            who = (f"{where} needs" if len(summaries) == 1
                    else f"the {len(summaries)} cubes of this submission writing there need")
             raise DiskRefused(
                 f"the file system on {mount_point(where)} has {format_bytes(offered)} free{capped} but {who} "
