@@ -4,6 +4,9 @@ import pytest
 from conftest import run_cli, write_cube_toml
 
 from hpc_imager.sizing.chunk_size import (
+    DEFAULT_FIXED_SECONDS,
+    DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL,
+    MIN_TASKS_PER_SHORT_SHARE,
     MIN_TASKS_PER_WORKER,
     choose_channels_per_task,
     max_channels_in_memory,
@@ -18,9 +21,18 @@ def test_run_time_counts_waves_of_tasks():
 
 
 def test_ngc5921_on_two_workers_gets_eight_channels():
-    # 63 channels, 2 workers, the default costs at 1024²: 8 channels make 8 tasks (4 per worker,
-    # 4 waves), the fastest size that leaves every worker 4 tasks
-    assert choose_channels_per_task(63, 2, 1.5, 0.47) == 8
+    # 63 channels, 2 workers, the default costs at 1024² (a worker's share ≈ 36 s, short): 16 channels
+    # a task would be fastest by the model, 8 (8 tasks, 4 waves) is within the slack and smaller
+    per_channel = DEFAULT_SECONDS_PER_MEGAPIXEL_CHANNEL * 1024 * 1024 / 1e6
+    assert choose_channels_per_task(63, 2, DEFAULT_FIXED_SECONDS, per_channel) == 8
+
+
+def test_a_short_share_gets_fewer_larger_tasks():
+    # the benchmark's simulated cube, 512 channels of 128² on 2 workers: a worker's share is ~5 s, so
+    # two tasks each (each task pays its fixed cost again); the same cube costing 100 × more per
+    # task and channel (a share of ~8 min) gets four tasks a worker
+    assert choose_channels_per_task(512, 2, 0.5, 0.018) == 512 // (2 * MIN_TASKS_PER_SHORT_SHARE)
+    assert choose_channels_per_task(512, 2, 50.0, 1.8) == 512 // (2 * MIN_TASKS_PER_WORKER)
 
 
 def test_no_fixed_cost_means_single_channels():
@@ -28,7 +40,7 @@ def test_no_fixed_cost_means_single_channels():
 
 
 def test_every_worker_gets_several_tasks():
-    c = choose_channels_per_task(1000, 4, 100.0, 0.1)  # huge fixed cost: as large as allowed
+    c = choose_channels_per_task(1000, 4, 100.0, 1.0)  # huge fixed cost: as large as allowed
     assert c == 63  # 16 tasks of ≤63 channels = 4 per worker; 64 would make 16 too, but 63 is within slack
     assert -(-1000 // c) >= 4 * MIN_TASKS_PER_WORKER
 
@@ -55,8 +67,8 @@ def test_smallest_within_slack_of_fastest():
 def test_frequency_grids_avoid_a_last_chunk_of_one_channel():
     """41 channels would be 8 × 5 + 1: the one-channel chunk needs a guard channel where output
     channels are not one data channel each; another size is chosen where one is allowed."""
-    assert choose_channels_per_task(41, 2, 1.5, 0.47) == 5
-    c = choose_channels_per_task(41, 2, 1.5, 0.47, avoid_single_channel_chunks=True)
+    assert choose_channels_per_task(41, 2, 15.0, 4.7) == 5  # a long share: 4 tasks a worker
+    c = choose_channels_per_task(41, 2, 15.0, 4.7, avoid_single_channel_chunks=True)
     assert c > 1 and 41 % c != 1 and -(-41 // c) >= 2 * MIN_TASKS_PER_WORKER
     assert choose_channels_per_task(63, 2, 0.0, 0.5, avoid_single_channel_chunks=True) > 1  # not all ones
     assert choose_channels_per_task(3, 8, 1.5, 0.5, avoid_single_channel_chunks=True) == 1  # nothing else fits

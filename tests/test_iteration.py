@@ -284,16 +284,17 @@ def _data_channel_frequencies(ms: Path) -> tuple[float, ...]:
 
 def test_a_frequency_grid_on_the_datas_channels_cleans_a_last_chunk_of_one_channel(tmp_path, ngc5921_ms,
                                                                                    serial_tclean):
-    """41 channels given by frequency (on the data's channels) at 64², through the CLI with workers:
-    the fastest default size (5) leaves a last chunk of one channel, which needs no guard channel on
-    such a grid (channel_grid), and whole-cube iteration cleans it with the rest, equal to serial."""
+    """13 channels given by frequency (on the data's channels) at 64², through the CLI with workers:
+    the fastest default size (4: two tasks a worker, a short share) leaves a last chunk of one channel,
+    which needs no guard channel on such a grid (channel_grid), and whole-cube iteration cleans it with
+    the rest, equal to serial."""
     data = _data_channel_frequencies(ngc5921_ms)
-    keywords = {"imsize": [64, 64], "start": f"{data[6]!r}Hz", "width": f"{data[1] - data[0]!r}Hz", "nchan": 41,
+    keywords = {"imsize": [64, 64], "start": f"{data[6]!r}Hz", "width": f"{data[1] - data[0]!r}Hz", "nchan": 13,
                 "niter": 40, "cycleniter": 10}
     cube = write_cube_toml(tmp_path, ngc5921_ms, keywords, {"workers": 2})
     run_cli("submit", "--site", "local", cube, cwd=tmp_path)
     report = json.loads((tmp_path / "cube.hpcrun" / "report.json").read_text())
-    assert report["iteration"] == "cube" and report["channels_per_task"] == 5 and report["chunks"] == 9
+    assert report["iteration"] == "cube" and report["channels_per_task"] == 4 and report["chunks"] == 4
     serial, returned = serial_tclean(**keywords)
     assert_same_cube(str(tmp_path / "cube"), serial, ("psf", "image", "residual", "model"))
     assert_same_return(report["iteration_summary"], returned)

@@ -9,8 +9,10 @@ about ``waves × (fixed + c × per_channel)``, which alone would always pick one
 tasks. But equal task times are a model: with niter > 0 the channels with emission clean longer, a
 failed task is imaged again whole, and progress and ETA need tasks to count. So every worker gets
 at least ``MIN_TASKS_PER_WORKER`` tasks (a judgement, not a measurement: a retry then costs at most
-a quarter of a worker's share), each task fits a worker's memory, and among the sizes left we take
-the smallest whose estimated run is within ``SLACK`` of the fastest. Where a one-channel chunk
+a quarter of a worker's share) where its share of the work is long enough for that to matter, and
+``MIN_TASKS_PER_SHORT_SHARE`` where it is not (``SHORT_SHARE_SECONDS``); each task fits a worker's
+memory, and among the sizes left we take the smallest whose estimated run is within ``SLACK`` of
+the fastest. Where a one-channel chunk
 needs a guard channel (frequency or velocity channels that are not one data channel each: see
 channel_grid), sizes that leave one are avoided when another is allowed: the guard is a second
 channel's work for one. Whole-cube iteration with auto-multithresh takes only sizes whose chunks each
@@ -29,6 +31,12 @@ from typing import Callable
 
 SLACK = 0.05  # a run up to 5 % slower than the fastest split buys smaller tasks
 MIN_TASKS_PER_WORKER = 4
+# A worker's share under a minute: a retry costs seconds, and every task pays its fixed cost again
+# (measured, one thread, quiet machine: 256 channels of the simulated 128² cube took 4.4 s as one task,
+# 4.6 s as two, 5.2 s as four; through `submit` on 2 workers, 512 channels in tasks of 64 took
+# 10.35 / 10.44 s, of 128 9.16 / 9.12 / 8.74 s, of 256 8.97 / 9.36 / 8.80 s, pclean 9.0-9.7 s).
+SHORT_SHARE_SECONDS = 60.0
+MIN_TASKS_PER_SHORT_SHARE = 2
 
 # Used when the site has no calibrated task time. From this project's unloaded 2-core measurements
 # (docs/benchmarks.md, NGC5921 1024², two tasks at once): 4-channel tasks cost 40 % more per
@@ -50,12 +58,14 @@ def choose_channels_per_task(nchan: int, workers: int, fixed: float, per_channel
                              max_channels: int | None = None, avoid_single_channel_chunks: bool = False,
                              mode_allows: Callable[[int], bool] | None = None) -> int:
     """The smallest channels_per_task within SLACK of the fastest, no larger than ``max_channels``
-    (what one worker's memory holds) nor than leaves each worker MIN_TASKS_PER_WORKER tasks; with
+    (what one worker's memory holds) nor than leaves each worker MIN_TASKS_PER_WORKER tasks (of a
+    share under SHORT_SHARE_SECONDS, MIN_TASKS_PER_SHORT_SHARE); with
     ``avoid_single_channel_chunks``, one that leaves no chunk of one channel where there is such a size;
     only sizes ``mode_allows`` (one channel a task where it allows none of the others)."""
     if nchan < 1 or workers < 1:
         raise ValueError("nchan and workers must be at least 1")
-    tasks_wanted = min(nchan, workers * MIN_TASKS_PER_WORKER)
+    short = nchan / workers * per_channel < SHORT_SHARE_SECONDS  # a worker's share of the channels' work
+    tasks_wanted = min(nchan, workers * (MIN_TASKS_PER_SHORT_SHARE if short else MIN_TASKS_PER_WORKER))
     allowed = [c for c in range(1, min(max_channels or nchan, nchan) + 1) if math.ceil(nchan / c) >= tasks_wanted]
     if avoid_single_channel_chunks and nchan > 1:
         allowed = [c for c in allowed if c > 1 and nchan % c != 1] or allowed
