@@ -23,7 +23,8 @@ def _fail(message: str, status: int) -> None:
 
 
 def _user_errors(function):
-    """Turn an error the user can fix into one line and its exit status."""
+    """Turn an error the user can fix into one line and its exit status; then exit without the
+    interpreter's last garbage collections (see below)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -33,8 +34,21 @@ def _user_errors(function):
             _fail(str(error).splitlines()[0] if error.exit_status == EXIT_USAGE else str(error), error.exit_status)
         except KeyboardInterrupt:
             _fail("interrupted; run again with --resume to finish", EXIT_INTERRUPTED)
+        finally:
+            _exit_without_collecting()
 
     return wrapper
+
+
+def _exit_without_collecting() -> None:
+    """The command is done: what the process holds (casatasks, scipy, matplotlib, distributed) is
+    freed by its exit, so the cyclic collector need not walk it once more while the interpreter tears
+    its modules down. perf showed that walk as 0.3 s after `submit` had finished (gc_collect_main,
+    visit_decref), a 9 s run of the simulated 512-channel cube; frozen, the process ended 0.07 s after
+    the command instead of 0.36 s (3 paired runs). atexit handlers and library destructors still run."""
+    import gc
+
+    gc.freeze()
 
 
 def _click_type(annotation):
