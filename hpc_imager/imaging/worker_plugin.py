@@ -7,6 +7,7 @@ directory, so the driver's terminal shows progress and one line per failure, and
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -32,3 +33,9 @@ class PrepareWorker(WorkerPlugin):
         sys.stderr.flush()
         os.dup2(log.fileno(), 2)
         send_dask_logs_to(log)
+
+    def teardown(self, worker) -> None:
+        """The worker's process ends next: as the driver does (cli.py, _exit_without_collecting), it
+        leaves what it holds to the exit rather than to a last walk of the cyclic collector. Closing
+        the local cluster after the last chunk took 0.05 s instead of 0.19-0.21 s (3 runs each)."""
+        gc.freeze()
