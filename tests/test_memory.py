@@ -88,7 +88,7 @@ def test_mosaic_cube_on_a_shared_site_sized_by_its_probe_equals_serial_as_predic
 
     ms = make_simulated_ms(tmp_path / "mosaic.ms", SimulatedObservation(
         nchan=9, pointings=4, integration_seconds=60, seconds_per_pointing=120))
-    keywords = {"vis": str(ms), "gridder": "mosaic", "imsize": [192, 192], "cell": ["15arcsec"],
+    keywords = {"vis": str(ms), "gridder": "mosaic", "imsize": [96, 96], "cell": ["30arcsec"],
                 "phasecenter": "J2000 12h00m00s +40d00m00s", "datacolumn": "data", "specmode": "cube"}
     with contextlib.chdir(tmp_path):
         tclean(imagename=str(tmp_path / "serial"), **keywords)
