@@ -32,9 +32,9 @@ from typing import Callable
 SLACK = 0.05  # a run up to 5 % slower than the fastest split buys smaller tasks
 MIN_TASKS_PER_WORKER = 4
 # A worker's share under a minute: a retry costs seconds, and every task pays its fixed cost again
-# (measured, one thread, quiet machine: 256 channels of the simulated 128² cube took 4.4 s as one task,
-# 4.6 s as two, 5.2 s as four; through `submit` on 2 workers, 512 channels in tasks of 64 took
-# 10.35 / 10.44 s, of 128 9.16 / 9.12 / 8.74 s, of 256 8.97 / 9.36 / 8.80 s, pclean 9.0-9.7 s).
+# (measured, one thread: 256 channels of the simulated 128² cube took 5.95-6.05 s as one task,
+# 6.1-6.5 s as two, 6.6-7.5 s as four; through `submit` on 2 workers, 512 channels in tasks of 64
+# took 10.35 / 10.44 s, of 128 9.16 / 9.12 / 8.74 s, of 256 8.97 / 9.36 / 8.80 s, pclean 9.0-9.7 s).
 SHORT_SHARE_SECONDS = 60.0
 MIN_TASKS_PER_SHORT_SHARE = 2
 
