@@ -79,7 +79,8 @@ def test_mosaic_cube_on_a_shared_site_sized_by_its_probe_equals_serial_as_predic
     each image's own data channels: on 9 channels of 100 kHz one beam serves the cube and every chunk
     of 3 or more (an image of 1 or 2 channels gets one per channel), so mosaic_beams predicts no plane
     off, the run warns of none, and the cube equals serial tclean's. (One test for both: every mosaic
-    step costs ~20 s of convolution functions at any image size, an FFT of ~3600², perf.)"""
+    step costs ~20 s of convolution functions at any image size at 15 arcsec, an FFT of ~3600², perf; at
+    30 arcsec a 3-channel tclean took 45.5 s against 69.4 s, one thread.)"""
     import contextlib
 
     from casatasks import tclean
