@@ -58,7 +58,7 @@ def measure(tasks: int, run_dir: str) -> dict:
     trivial = Tasks(trivial_task, lambda chunk: None, "imaging",
                     lambda chunk, attempt, metrics: (journal.done(chunk.index, metrics), run.assembly.arrived(chunk)))
 
-    plan = make_plan(spec, site, TaskEstimate(0.1, 0.01, 1, 1, "default", {}), tasks)  # the local site's, 2 workers
+    plan = make_plan(spec, site, TaskEstimate(0.1, 0.01, 1, 1, "default", {}, 1.0), tasks)  # the local site's, 2 workers
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.submit(lambda: 0).result()  # workers up before the clock starts

@@ -16,7 +16,10 @@ from hpc_imager.sizing.estimate import (
     MsFacts,
     TaskShape,
     memory_phases,
+    REFIT_SHORTFALL,
+    UNMEASURED_SHORTFALL,
     memory_surprise,
+    model_shortfall,
     next_even_composite,
     peak_phase,
     task_peak_bytes,
@@ -154,3 +157,17 @@ def test_memory_surprise_warns_over_20_percent_or_under_half():
     assert memory_surprise(2.0, 2.39) is None and memory_surprise(2.0, 1.01) is None
     assert "over its estimate" in memory_surprise(2.0, 2.5)
     assert "under half" in memory_surprise(2.0, 0.9)
+
+
+def test_the_model_keeps_its_first_miss_only_outside_what_the_matrix_measured():
+    """The refit model's error (≤ 1.16 left out) inside the memory matrix; × 5 past it."""
+    mosaic = TaskShape(nx=96, ny=96, stokes_planes=1, channels=12, gridder="mosaic")  # make bench's wide mosaic
+    assert model_shortfall(mosaic) == REFIT_SHORTFALL
+    assert model_shortfall(replace(mosaic, nx=4096, ny=4096, channels=1)) == REFIT_SHORTFALL  # mosaic-ngc-4096-1
+    assert model_shortfall(replace(mosaic, nx=8192, ny=8192, channels=1)) == UNMEASURED_SHORTFALL
+    assert model_shortfall(replace(mosaic, nx=2048, ny=2048, channels=8)) == UNMEASURED_SHORTFALL
+    assert model_shortfall(replace(mosaic, gridder="widefield")) == UNMEASURED_SHORTFALL  # fails in tclean 6.7
+    assert model_shortfall(replace(mosaic, gridder="awproject")) == UNMEASURED_SHORTFALL
+    full_stokes = TaskShape(nx=1024, ny=1024, stokes_planes=4, channels=4)
+    assert model_shortfall(full_stokes) == REFIT_SHORTFALL  # sim-IQUV-1024-4
+    assert model_shortfall(replace(full_stokes, niter=100)) == UNMEASURED_SHORTFALL  # failed inside tclean 6.7

@@ -13,7 +13,14 @@ from dask.utils import parse_bytes
 from hpc_imager.backends import backend_for
 from hpc_imager.inputs.cube_spec import parse_cube_spec
 from hpc_imager.inputs.site_profile import SiteProfile, parse_site
-from hpc_imager.sizing.estimate import MEMORY_TERMS, MsFacts, TaskEstimate, estimate_task
+from hpc_imager.sizing.estimate import (
+    MEMORY_TERMS,
+    REFIT_SHORTFALL,
+    UNMEASURED_SHORTFALL,
+    MsFacts,
+    TaskEstimate,
+    estimate_task,
+)
 from hpc_imager.sizing.plan import PlanRefused, make_plan, renderable_limit, shared_plan
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -33,8 +40,8 @@ def spec(workers=None, channels_per_task=4, **tclean):
                             "run": {"directory": "/shared/run"}}, Path("/shared"))
 
 
-def task(gib: float, seconds: float | None = None) -> TaskEstimate:
-    return TaskEstimate(gib, seconds, 2048 * 2048, 4, "default", {})
+def task(gib: float, seconds: float | None = None, shortfall: float = UNMEASURED_SHORTFALL) -> TaskEstimate:
+    return TaskEstimate(gib, seconds, 2048 * 2048, 4, "default", {}, shortfall)
 
 
 def test_shared_memory_arithmetic():
@@ -65,12 +72,28 @@ def test_dedicated_turns_dask_memory_management_off_and_asks_for_the_node():
 
 
 def test_a_probe_is_worth_it_only_where_the_need_changes_the_plan():
-    """Shared: the limits follow the need. Dedicated: only when a need 5 × the model's would fit
-    fewer workers on a node (16 cores, 63.5 GiB usable: 16 workers of up to ~0.8 GiB of task)."""
-    assert make_plan(spec(workers=8), site("slurm", "shared"), task(0.1), chunks=100).sized_by_need()
+    """Shared: the limits follow the need. Dedicated: only when a need as far over the model's as the
+    model may fall short would fit fewer workers on a node (16 cores, 63.5 GiB usable: 16 workers of
+    up to 3.97 GiB of need, task plus the 0.25 GiB worker base)."""
+    assert make_plan(spec(workers=8), site("slurm", "shared"), task(0.1, shortfall=REFIT_SHORTFALL),
+                     chunks=100).sized_by_need()
+    # a form the memory matrix did not measure: 5 × (1.0 + 0.25) GiB no longer fits 16 workers
     assert not make_plan(spec(workers=16), site("pbs", "dedicated"), task(0.5), chunks=100).sized_by_need()
     assert make_plan(spec(workers=16), site("pbs", "dedicated"), task(1.0), chunks=100).sized_by_need()
+    # a measured form: only the refit model's error, 1.25 × (3.0 + 0.25) GiB
+    assert not make_plan(spec(workers=16), site("pbs", "dedicated"), task(1.0, shortfall=REFIT_SHORTFALL),
+                         chunks=100).sized_by_need()
+    assert make_plan(spec(workers=16), site("pbs", "dedicated"), task(3.0, shortfall=REFIT_SHORTFALL),
+                     chunks=100).sized_by_need()
     assert make_plan(spec(workers=2), site("pbs", "dedicated"), task(20.0), chunks=100).sized_by_need()  # 5 × no longer fits
+
+
+def test_several_cubes_share_the_largest_shortfall():
+    """One set of workers runs every cube's tasks: a cube of an unmeasured form keeps its margin."""
+    measured = make_plan(spec(workers=16), site("pbs", "dedicated"), task(1.0, shortfall=REFIT_SHORTFALL), 10)
+    unmeasured = make_plan(spec(workers=16), site("pbs", "dedicated"), task(0.9), 10)
+    assert not measured.sized_by_need()
+    assert shared_plan([measured, unmeasured]).sized_by_need()
 
 
 def test_walltime_from_calibration_never_above_the_maximum():
@@ -269,7 +292,7 @@ def test_backends_take_their_memory_figures_from_the_plan():
 def test_a_measured_need_gets_room_for_the_terminate_threshold_only():
     """A probe measured the worker process itself: no worker base inside the limit, no model headroom;
     the nanny's memory goes into the job beside the limits."""
-    probed = TaskEstimate(2.0, 30.0, 2048 * 2048, 4, "probe", {})
+    probed = TaskEstimate(2.0, 30.0, 2048 * 2048, 4, "probe", {}, 1.0)
     plan = make_plan(spec(workers=12), site("slurm", "shared"), probed, chunks=100)
     assert plan.worker_need_bytes == 2 * GIB
     assert plan.worker_memory_limit_bytes == renderable_limit(2 * GIB / 0.95) == parse_bytes("2.11 GiB")
@@ -305,7 +328,7 @@ def test_the_assembly_switches_to_virtual_where_one_placing_thread_would_be_the_
     big = site("slurm", "dedicated")
 
     def plan(workers, seconds=208.0):
-        estimate = TaskEstimate(2.0, seconds, 8000 * 8000, 1, "default", {})
+        estimate = TaskEstimate(2.0, seconds, 8000 * 8000, 1, "default", {}, UNMEASURED_SHORTFALL)
         return make_plan(spec(workers=workers, channels_per_task=1, **reference), big, estimate, 7677)
 
     few, many = choose_assembly(plan(2)), choose_assembly(plan(1000))

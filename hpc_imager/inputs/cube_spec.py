@@ -208,7 +208,7 @@ class ParallelParams(BaseModel):
     workers: Annotated[Optional[int], Field(ge=1, description="Dask workers; default: the site's choice (local: one per core).")] = None
     max_in_flight: Annotated[Optional[int], Field(ge=1, description="Tasks submitted at once; default: twice the number of workers (one running, one waiting on each).")] = None
     retries: Annotated[int, Field(ge=0, description="Extra tries for a task that fails before the run gives up on its channels.")] = 2
-    probe: Annotated[Union[Literal["auto"], bool], Field(description="Image one chunk on one worker first and size the workers for the rest from its measured peak memory; 'auto': when the site has no calibration for the cube's gridder and deconvolver and the measured figure could change the plan (a shared site's limits; a dedicated node's workers only if a need 5 × the model's would fit fewer).")] = "auto"
+    probe: Annotated[Union[Literal["auto"], bool], Field(description="Image one chunk on one worker first and size the workers for the rest from its measured peak memory; 'auto': when the site has no calibration for the cube's gridder and deconvolver and the measured figure could change the plan (a shared site's limits; a dedicated node's workers only if a need as far over the model's as it may fall short, 1.25 × for a task like those the memory matrix measured and 5 × else, would fit fewer).")] = "auto"
     iteration: Annotated[Optional[Literal["cube", "per-chunk"]], Field(description=(
         "With niter > 0: 'cube' keeps one iteration control for the whole cube in the driver, as serial"
         " tclean does, and equals serial tclean (the default); 'per-chunk' cleans each chunk as its own"

@@ -30,11 +30,6 @@ TERMINATE_FRACTION = 0.95
 MEASURED_HEADROOM = 1 / TERMINATE_FRACTION
 WALLTIME_SAFETY = 1.5  # estimated task time × this, for slow nodes and busy file systems
 WORKER_STARTUP_SECONDS = 300
-# How far the default model may fall short on a cube unlike any it was fitted to. The first model
-# said 1.73 GiB for a 4096² mosaic that took 8.56 GiB (×4.9); the refit one is within 0.95-1.20 of
-# every one of its 66 measured rows left out in turn, but the forms the matrix could not measure
-# (widefield, full-Stokes combinations fail inside tclean 6.7) keep the old margin.
-MODEL_SHORTFALL = 5.0
 
 
 class PlanRefused(UserError):
@@ -53,6 +48,7 @@ class PlanBasis:
     channels_per_task: int
     pixels: int
     estimate_model: str
+    model_shortfall: float  # TaskEstimate.shortfall
 
 
 @dataclass(frozen=True)
@@ -87,13 +83,14 @@ class Plan:
 
     def sized_by_need(self) -> bool:
         """Whether a measured need could change this plan: a shared site's limits always follow the
-        need; a dedicated site's (limit off, whole nodes) only when a need ``MODEL_SHORTFALL`` × the
-        model's would fit fewer workers on a node. Where it cannot, a probe is a chunk imaged alone
-        for nothing (measured: 1/8 of NGC5921 serially before the two workers start)."""
+        need; a dedicated site's (limit off, whole nodes) only when a need as far over the model's
+        as the model may fall short (``TaskEstimate.shortfall``) would fit fewer workers on a node.
+        Where it cannot, a probe is a chunk imaged alone for nothing (measured: 1/8 of NGC5921
+        serially before the two workers start; the bench's wide mosaic 102.8 s against 55.9 s)."""
         if self.worker_memory_limit_bytes or _measured(self.basis):
             return True
         try:
-            return self.with_more_memory(MODEL_SHORTFALL).processes_per_job < self.processes_per_job
+            return self.with_more_memory(self.basis.model_shortfall).processes_per_job < self.processes_per_job
         except PlanRefused:
             return True
 
@@ -117,7 +114,8 @@ def shared_plan(plans: list[Plan]) -> Plan:
     largest = max(plans, key=lambda p: (p.worker_need_bytes, p.task_seconds or 0.0))
     seconds = [p.task_seconds for p in plans if p.task_seconds is not None]
     return _size(replace(largest.basis, chunks=sum(p.chunks for p in plans),
-                         task_seconds=max(seconds) if seconds else None))
+                         task_seconds=max(seconds) if seconds else None,
+                         model_shortfall=max(p.basis.model_shortfall for p in plans)))
 
 
 def renderable_limit(n: float) -> int:
@@ -149,7 +147,7 @@ def make_plan(spec: CubeSpec, site: SiteProfile, estimate: TaskEstimate, chunks:
     return _size(PlanBasis(site=site, task_peak_bytes=int(estimate.task_peak_gib * GIB),
                            task_seconds=estimate.task_seconds, chunks=chunks, workers_wanted=spec.parallel.workers,
                            channels_per_task=estimate.channels_per_task, pixels=estimate.pixels,
-                           estimate_model=estimate.model))
+                           estimate_model=estimate.model, model_shortfall=estimate.shortfall))
 
 
 def _size(basis: PlanBasis) -> Plan:
