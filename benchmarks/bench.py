@@ -18,7 +18,8 @@ user would), one after the other, on the same machine, with the same tclean keyw
 - ``--only multicube``: NGC5921 cut into 2 and 4 spectral windows, each its own cube, submitted one
   after another against all in one submission (benchmarks/multicube.py);
 - ``--only mosaic``: the wide mosaic of tests/test_mosaic.py (4 pointings, 24 × 1 MHz) at niter 0, 100
-  and 100 with nmajor 1: serial tclean, mpicasa and hpc_imager's default, every product against serial's plane by plane.
+  and 100 with nmajor 1: serial tclean, mpicasa, pclean and hpc_imager's default, every product against
+  serial's plane by plane, and the machine's limit (two halves at once) and serial on one thread.
 
 Writes ``<out>/bench-<UTC time>.json`` and ``.png`` and prints a summary. Ratios are meaningful
 only within one run: the machine may be shared, and the load average is recorded before and
@@ -283,27 +284,39 @@ WIDE_MOSAIC = {"gridder": "mosaic", "imsize": [96, 96], "cell": ["30arcsec"], "s
 # niter 0, niter 100 (4 major cycles, 72 s of serial tclean), and niter 100 stopped after one clean
 # cycle by nmajor (42 s): tests/test_mosaic.py takes the first and the last
 MOSAIC_CLEANING = ({"niter": 0}, {"niter": 100}, {"niter": 100, "nmajor": 1})
+MOSAIC_CHANNELS = 24
 
 
 def mosaic_comparison(vis: Path, cleaning: dict, work: Path) -> dict:
-    """The wide mosaic (issue 19: 4 pointings, 24 × 1 MHz): serial tclean, mpicasa with 2 servers and
-    hpc_imager's default, every product of both against serial's, plane by plane. No chunking short of
-    the whole cube gives every plane serial's primary beams (docs/correctness.md), mpicasa's included."""
+    """The wide mosaic (issue 19: 4 pointings, 24 × 1 MHz): serial tclean, mpicasa with 2 servers,
+    pclean 0.2.3 and hpc_imager's default, every product of each against serial's, plane by plane;
+    then the machine's limit (two halves at once) and serial on one thread. No chunking short of the
+    whole cube gives every plane serial's primary beams (docs/correctness.md), mpicasa's included."""
     label = "mosaic24-" + "-".join(f"{k}{v}" for k, v in cleaning.items())
     params = dict(WIDE_MOSAIC, vis=str(vis), **cleaning)
     entry: dict = {"cube": label, "load_before": _load()}
     entry["serial_seconds"] = round(serial_tclean(params, work, f"{label}-serial"), 2)
     entry["mpicasa_seconds"] = mpicasa_run(params, work, f"{label}-mpicasa")["seconds"]
+    # the same grid written as frequencies: pclean re-images the first channels in every sub-cube of
+    # a default grid (by_frequency)
+    entry["pclean_seconds"] = round(pclean_run(by_frequency(params), MOSAIC_CHANNELS, None, work,
+                                               f"{label}-pclean"), 2)
     seconds, report = hpc_imager_run(params, None, work, f"{label}-hpc")
     entry["hpc_imager_seconds"], entry["hpc_imager_channels_per_task"] = round(seconds, 2), report["channels_per_task"]
+    entry["hpc_imager_probe"] = bool(report.get("probe"))
     entry["hpc_imager_predicted_planes_off"] = report["mosaic_beams"]["planes_off_serial"]
+    entry["two_halves_at_once_seconds"] = round(two_halves_at_once(params, MOSAIC_CHANNELS, work, f"{label}-halves"), 2)
+    entry["serial_one_thread_seconds"] = round(serial_tclean(params, work, f"{label}-serial-1thread", **ONE_THREAD), 2)
     entry["load_after"] = _load()
+    for tool in ("mpicasa", "pclean", "hpc_imager", "two_halves_at_once", "serial_one_thread"):
+        entry[f"ratio_{tool}_over_serial"] = round(entry[f"{tool}_seconds"] / entry["serial_seconds"], 3)
     if cleaning["niter"]:
         entry["stop"] = {"serial": tclean_stop(work / f"{label}-serial.log"),
                          "mpicasa": tclean_stop(work / f"{label}-mpicasa.log"),
                          "hpc_imager": {k: report["tclean_return"].get(k) for k in STOP}}
     serial = str(work / f"{label}-serial")
     entry["mpicasa_vs_serial"] = products_against_serial(serial, str(work / f"{label}-mpicasa"))
+    entry["pclean_vs_serial"] = products_against_serial(serial, str(work / f"{label}-pclean"))
     entry["hpc_imager_vs_serial"] = products_against_serial(serial, str(work / f"{label}-hpc"))
     print(json.dumps(entry), flush=True)
     return entry
@@ -485,7 +498,8 @@ def main() -> None:
                                                     repeat_serial=not args.no_repeat))
         elif part == "mosaic":  # MOSAIC_CLEANING
             wide = make_simulated_ms(work / "wide.ms", SimulatedObservation(
-                nchan=24, channel_width_khz=1000, pointings=4, integration_seconds=60, seconds_per_pointing=120))
+                nchan=MOSAIC_CHANNELS, channel_width_khz=1000, pointings=4, integration_seconds=60,
+                seconds_per_pointing=120))
             for cleaning in MOSAIC_CLEANING:
                 results.setdefault("mosaic", []).append(mosaic_comparison(wide, cleaning, work))
         elif part == "sweep":  # the channel sweep (benchmarks/channel_sweep.py): 500 to 4000+ channels
