@@ -13,11 +13,11 @@ from benchmarks.memory_fit import FIT_FLOOR, fit_memory_terms, leave_one_out
 from hpc_imager.sizing.estimate import (
     GIB,
     MEMORY_TERMS,
+    REFIT_SHORTFALL,
+    UNMEASURED_SHORTFALL,
     MsFacts,
     TaskShape,
     memory_phases,
-    REFIT_SHORTFALL,
-    UNMEASURED_SHORTFALL,
     memory_surprise,
     model_shortfall,
     next_even_composite,
